@@ -97,3 +97,30 @@ def origin_heatmap(frame: pl.DataFrame, title: str = "Answer origin × human ver
                                colorbar_title="records"))
     fig.update_layout(title=title, xaxis_title="answer_from · human_verified", yaxis_title="HF config")
     return fig
+
+
+def filter_histogram(values: pl.DataFrame, step: str, thresholds: dict[str, float] | None = None,
+                     title: str | None = None) -> go.Figure:
+    """Histogram of one filter's measured values (``PipelineResult.measured[step]``), kept vs
+    dropped coloured, with each threshold drawn as a vertical line."""
+    df = values.filter(pl.col("value").is_not_null()).with_columns(
+        pl.when(pl.col("keep")).then(pl.lit("kept")).otherwise(pl.lit("dropped")).alias("outcome"))
+    fig = px.histogram(df.to_pandas(), x="value", color="outcome", nbins=40,
+                       color_discrete_map={"kept": "#4c78a8", "dropped": "#e45756"},
+                       title=title or f"{step}: measured value per record "
+                                      f"({df.height} measured, {int((~df['keep']).sum())} dropped)")
+    for name, t in (thresholds or {}).items():
+        if t is not None:
+            fig.add_vline(x=float(t), line_dash="dash", line_color="black", annotation_text=f"{name}={t}")
+    fig.update_layout(xaxis_title=f"{step} value", yaxis_title="records", legend_title_text="")
+    return fig
+
+
+def steps_funnel(steps: pl.DataFrame, title: str = "Records left after each filter step") -> go.Figure:
+    """Funnel of records remaining after each step (``PipelineResult.steps``)."""
+    first = steps["records_in"][0] if steps.height else 0
+    names = ["(input)"] + steps["name"].to_list()
+    left = [first] + steps["kept"].to_list()
+    fig = go.Figure(go.Funnel(y=names, x=left, textinfo="value+percent initial"))
+    fig.update_layout(title=title, xaxis_title="records left", yaxis_title="step")
+    return fig
