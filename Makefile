@@ -31,6 +31,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_load.py
 	$(PY) benchmarks/bench_widget.py
+	$(PY) benchmarks/bench_rules.py
+	$(PY) benchmarks/bench_dedup.py
 
 ## Re-execute notebooks and store the outputs of NBVAL_CHECK_OUTPUT cells (others cleared).
 refresh-notebooks: $(STAMP)

@@ -131,6 +131,32 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from cqia_nb import exports, subsets
+
+    spec = subsets.BuildSpec.from_yaml(args.spec)  # a bad spec fails here, before the input is read
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: OUT_DIR exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not args.force:
+            raise ValueError(f"{out}: OUT_DIR is not empty; choose a new folder or pass --force to replace "
+                             "a previous build there")
+        if not (out / exports.MANIFEST).is_file():
+            raise ValueError(f"{out}: --force replaces only a previous build (with {exports.MANIFEST}); "
+                             "this folder holds something else")
+        import shutil
+
+        shutil.rmtree(out)
+    build = subsets.run_build(spec, seed=args.seed, input=args.input)
+    if build.contamination is None and build.contamination_note:
+        print(f"note: contamination check {build.contamination_note}", file=sys.stderr)
+    hashes = exports.export_all(build, out)
+    for rel, digest in hashes.items():
+        print(f"{digest}  {(out / rel).as_posix()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cqia-nb", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -159,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a COIG-CQIA folder or .jsonl file, 'bundled', or a kept.parquet from a previous run")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the outputs (created)")
     p.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser("build", help="build subsets and mixtures from a spec; writes every export format and "
+                                     "prints `SHA256  path` per file")
+    p.add_argument("--spec", required=True, metavar="SPEC", help="a YAML build spec, e.g. recipes/subsets-paper.yaml")
+    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the spec's `seed:`)")
+    p.add_argument("--input", metavar="INPUT", help="'bundled', a COIG-CQIA folder, or a `cqia-nb filter` output "
+                                                    "folder with kept.parquet (default: the spec's `input:`)")
+    p.add_argument("--force", action="store_true", help="replace a previous build in OUT_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the outputs (created; must be new or empty)")
+    p.set_defaults(func=cmd_build)
     return ap
 
 
