@@ -61,7 +61,7 @@ import ipywidgets as w
 import polars as pl
 
 from cqia_nb.filters import Filter, Rewritten, Transform, register
-from cqia_nb.widgets import _esc, render_record_html
+from cqia_nb.widgets import Displayable, _esc, render_record_html
 
 __all__ = [
     "DECISIONS",
@@ -220,7 +220,7 @@ def export_labels(path: str | Path, warn: bool = True) -> pl.DataFrame:
 
 # ----------------------------------------------------------------------------- the queue
 
-class ReviewQueue:
+class ReviewQueue(Displayable):
     """Review the records of ``frame`` one at a time; every decision is saved to ``path``.
 
     columns: the columns shown (default: all); record_id is always shown. note: show a note box.
@@ -524,15 +524,6 @@ class ReviewQueue:
     def __repr__(self) -> str:
         return f"<ReviewQueue {self.path}: {self.progress_text}>"
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = repr(self)
-        return bundle
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
 
 # ----------------------------------------------------------------------------- pipeline steps

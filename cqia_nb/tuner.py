@@ -43,7 +43,7 @@ import ipywidgets as w
 import numpy as np
 import polars as pl
 
-from cqia_nb.widgets import DatasetBrowser
+from cqia_nb.widgets import DatasetBrowser, Displayable
 
 __all__ = [
     "DIRECTIONS",
@@ -235,7 +235,7 @@ def _nice_step(lo: float, hi: float, integer: bool) -> float:
     return float(next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw))
 
 
-class ThresholdTuner:
+class ThresholdTuner(Displayable):
     """Sliders per filter step over measured values; see the module docstring.
 
     frame: the records the values were measured on (for the overall count and the examples;
@@ -625,12 +625,3 @@ class ThresholdTuner:
     def __repr__(self) -> str:
         return f"<ThresholdTuner {len(self._steps)} steps: {self.overall_text}>"
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = repr(self)
-        return bundle
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)

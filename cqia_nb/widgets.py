@@ -21,6 +21,8 @@ from typing import Any, Mapping, Sequence
 import ipywidgets as w
 import polars as pl
 
+from cqia_nb.data import SCHEMA
+
 __all__ = [
     "BrowserQuery",
     "DatasetBrowser",
@@ -33,11 +35,7 @@ __all__ = [
 ]
 
 #: Columns of the loader's fixed schema, in display order (see ``cqia_nb.data.SCHEMA``).
-SCHEMA_COLUMNS: tuple[str, ...] = (
-    "record_id", "config", "source_file", "line", "instruction", "input", "output",
-    "task_type_major", "task_type_minor", "domain", "metadata", "answer_from",
-    "human_verified", "copyright", "extra",
-)
+SCHEMA_COLUMNS: tuple[str, ...] = tuple(SCHEMA)
 PROVENANCE_COLUMNS: tuple[str, ...] = ("record_id", "config", "source_file", "line")
 DEFAULT_FIELDS: tuple[str, ...] = ("instruction", "input", "output")
 TASK_TYPE_COLUMNS: tuple[str, ...] = ("task_type_major", "task_type_minor")
@@ -348,7 +346,23 @@ def _distinct(frame: pl.DataFrame, names: Sequence[str]) -> list[str]:
     return pl.concat(parts).unique().sort().to_list()
 
 
-class DatasetBrowser:
+class Displayable:
+    """Mixin: an object with a ``.widget`` shows that widget when it ends a notebook cell."""
+
+    widget: Any
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
+        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
+        bundle["text/plain"] = repr(self)
+        return bundle
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+
+class DatasetBrowser(Displayable):
     """Filter, page through and read records of a frame in a notebook.
 
     ``DatasetBrowser(df)`` as the last line of a cell displays it; ``.widget`` is the VBox.
@@ -669,15 +683,6 @@ class DatasetBrowser:
     def __repr__(self) -> str:
         return f"<DatasetBrowser {self._frame.height:,} records: {self.status_text}>"
 
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
-        bundle = self.widget._repr_mimebundle_(**kwargs) or {}
-        bundle["text/plain"] = repr(self)
-        return bundle
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
 
 
 # ----------------------------------------------------------------------------- browse()
