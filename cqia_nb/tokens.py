@@ -28,8 +28,8 @@ class TokenizerConfig:
     name: str = "tiny"
     vocab_size: int = 4000
     #: train on at most this many characters (an even sample of records): BPE training time grows
-    #: with the corpus, and ~2 M characters already give a stable 4k vocabulary
-    max_train_chars: int = 2_000_000
+    #: with the corpus, and ~1 M characters already give a stable 4k vocabulary
+    max_train_chars: int = 1_000_000
     cache_dir: str | None = None
 
 
