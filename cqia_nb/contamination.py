@@ -68,6 +68,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import polars as pl
 
+from cqia_nb.dedup import fmix64 as _fmix64
+
 DEFAULT_N = 13
 DEFAULT_MAX_ITEM_FREQUENCY = 10
 TRAIN_FIELDS = ("instruction", "input", "output")
@@ -293,15 +295,6 @@ def normalize_texts(values: Sequence[str | None]) -> list[str]:
     """The normalisation applied before n-grams (for notebooks and tests)."""
     s = pl.Series("t", list(values), dtype=pl.String)
     return s.to_frame().select(normalize_expr(pl.col("t"))).to_series().to_list()
-
-
-def _fmix64(h: np.ndarray) -> np.ndarray:
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
 
 
 @dataclass

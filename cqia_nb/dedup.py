@@ -267,7 +267,8 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ----------------------------------------------------------------------------- signatures
 
-def _fmix64(h: np.ndarray) -> np.ndarray:
+def fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser, in place on a uint64 array (shared with contamination)."""
     h ^= h >> np.uint64(33)
     h *= np.uint64(0xFF51AFD7ED558CCD)
     h ^= h >> np.uint64(33)
@@ -334,7 +335,7 @@ def _fnv_fingerprints(c: np.ndarray, lay: _Layout, ngram: int) -> np.ndarray:
         short_fp[done] = h[short_pos[done]]
     fp = h[lay.pos]
     fp[lay.first[lay.short]] = short_fp
-    return _fmix64(fp)
+    return fmix64(fp)
 
 
 def _fingerprints(texts: Sequence[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
