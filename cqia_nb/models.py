@@ -120,6 +120,18 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _save_model(model, tokenizer, final: Path, marker: dict[str, Any]) -> Path:
+    """Save model (safetensors) + tokenizer + our marker into a temp folder, then publish it."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    with quiet_transformers():
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    (tmp / _MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
+    _publish(tmp, final)
+    return final
+
+
 def _raw_tokenizer(tokenizer_or_frame: Any, config: TinyModelConfig):
     """A ``tokenizers.Tokenizer`` from a frame (trained/cached), a Tokenizer, or a HF fast tokenizer."""
     if isinstance(tokenizer_or_frame, pl.DataFrame):
@@ -189,15 +201,8 @@ def build_tiny_model(tokenizer_or_frame: Any, config: TinyModelConfig = TinyMode
     model.generation_config.eos_token_id = hf_tok.eos_token_id
     model.generation_config.bos_token_id = hf_tok.bos_token_id
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    with quiet_transformers():
-        model.save_pretrained(tmp, safe_serialization=True)
-        hf_tok.save_pretrained(tmp)
-    (tmp / _MARKER).write_text(json.dumps({"key": key, "kind": "tiny", "version": MODEL_VERSION,
-                                           "config": dataclasses.asdict(config)}, indent=1), encoding="utf-8")
-    _publish(tmp, final)
-    return final
+    return _save_model(model, hf_tok, final, {"key": key, "kind": "tiny", "version": MODEL_VERSION,
+                                              "config": dataclasses.asdict(config)})
 
 
 # ----------------------------------------------------------------------------- training
@@ -257,17 +262,9 @@ def train_tiny_lm(folder: str | Path, texts: Iterable[str], steps: int = 40, *, 
             bar.set_postfix(loss=f"{final_loss:.3f}", refresh=False)
         model.eval()
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    with quiet_transformers():
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-    (tmp / _MARKER).write_text(json.dumps({"key": key, "kind": "tiny-lm", "version": MODEL_VERSION,
+    return _save_model(model, tok, final, {"key": key, "kind": "tiny-lm", "version": MODEL_VERSION,
                                            "source": str(src), "train": hp, "texts": len(texts),
-                                           "final_loss": final_loss},
-                                          indent=1), encoding="utf-8")
-    _publish(tmp, final)
-    return final
+                                           "final_loss": final_loss})
 
 
 def tiny_training_texts(frame: pl.DataFrame, tokenizer=None) -> list[str]:
