@@ -45,14 +45,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _parse_params(items: list[str]) -> dict[str, object]:
-    import yaml
+    from cqia_nb.config import AssignmentError, parse_assignments
 
+    try:
+        parsed = parse_assignments(items)
+    except AssignmentError as e:
+        raise SystemExit(f"cqia-nb notebooks: -p expects NAME=VALUE, got {e.item!r} ({e.reason})") from None
     out: dict[str, object] = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"cqia-nb notebooks: -p expects NAME=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        value = yaml.safe_load(v)
+    for k, value in parsed.items():
         # Paths are given relative to the shell; notebooks run inside notebooks/.
         if isinstance(value, str) and value not in ("auto", "bundled", "hub", "tiny") and Path(value).exists():
             value = str(Path(value).resolve())
@@ -157,6 +157,86 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_model(spec: str):
+    """--model: a local folder / hub name, or 'tiny' (the cpu-tiny model trained on the bundled data)."""
+    if spec != "tiny":
+        return spec
+    from cqia_nb import models
+
+    return models.tiny_lm(_load("bundled").frame)
+
+
+def cmd_eval_mc(args: argparse.Namespace) -> int:
+    from cqia_nb import evaluate as ev
+
+    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
+    bench = ev.load_benchmark(args.benchmark, args.data, args.dev, args.answers, subjects=subjects,
+                              limit=args.limit, mapping=args.mapping)
+    for note in bench.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not bench.questions:
+        print(ev.format_problems(bench.problems), file=sys.stderr)
+        raise ValueError(f"{args.data}: no question could be evaluated ({bench.n_excluded} excluded, "
+                         f"problems listed above)")
+    config = ev.MCConfig(shots=args.shots, mode=args.mode, prompt_style=args.prompt_style,
+                         batch_size=args.batch_size, max_length=args.max_length, chat=args.chat,
+                         max_new_tokens=args.max_new_tokens, seed=args.seed, bootstrap=args.bootstrap,
+                         device=args.device, progress=sys.stderr.isatty())
+    from cqia_nb.models import load_causal_lm
+
+    try:
+        model = load_causal_lm(_eval_model(args.model), device=args.device or "cpu")
+    except OSError as e:  # a missing/unsafe checkpoint is a usage error, not a crash
+        raise ValueError(str(e)) from e
+    result = ev.evaluate_mc(model, bench, config)
+    if args.out:
+        print(f"per-question predictions: {result.to_jsonl(args.out)}", file=sys.stderr)
+    print(result.report())  # its last line: overall accuracy X.XXXX on N questions
+    return 0
+
+
+def _add_eval_parsers(sub) -> argparse._SubParsersAction:
+    """``cqia-nb eval KIND``; returns the group so that further kinds can be added to it."""
+    p = sub.add_parser("eval", help="evaluate a model: `eval mc` multiple-choice benchmarks, `eval belle` open questions")
+    kinds = p.add_subparsers(dest="eval_kind", required=True, metavar="KIND")
+
+    mc = kinds.add_parser("mc", help="C-Eval / CMMLU / SafetyBench multiple choice; prints accuracy per subject "
+                                     "and category, last line `overall accuracy X.XXXX on N questions`")
+    mc.add_argument("--model", required=True, metavar="PATH",
+                    help="a local model folder (safetensors; no remote code), a hub name in the local cache, "
+                         "or 'tiny' (the cpu-tiny model)")
+    mc.add_argument("--benchmark", required=True, choices=["ceval", "cmmlu", "safetybench"])
+    mc.add_argument("--data", required=True, metavar="DIR",
+                    help="folder of per-subject CSVs (e.g. ../shared/benchmarks/ceval/val), or SafetyBench's JSON file")
+    mc.add_argument("--shots", type=int, default=0, metavar="K", help="k-shot examples from the dev split (default 0)")
+    mc.add_argument("--dev", metavar="DIR", help="few-shot pool (default: a dev/ folder beside --data; "
+                                                 "SafetyBench: dev_zh.json beside the file)")
+    mc.add_argument("--answers", metavar="FILE", help="SafetyBench answer key for a test file (test_answers_zh*.json)")
+    mc.add_argument("--out", metavar="FILE", help="write one JSON line per question (prediction, option scores)")
+    mc.add_argument("--subjects", metavar="A,B", help="only these subjects (SafetyBench: categories), comma-separated")
+    mc.add_argument("--limit", type=int, metavar="N", help="only the first N questions of each subject")
+    mc.add_argument("--batch-size", type=int, default=16, metavar="B")
+    mc.add_argument("--mode", choices=["loglikelihood", "generate"], default="loglikelihood",
+                    help="score the option letters (default) or generate and extract a letter (chat models)")
+    mc.add_argument("--prompt-style", choices=["harness", "upstream"], default="harness",
+                    help="lm-evaluation-harness's prompts (default) or the benchmark authors' scripts'")
+    mc.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    mc.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="generate mode: reply length")
+    mc.add_argument("--max-length", type=int, metavar="N", help="context length (default: the model's)")
+    mc.add_argument("--mapping", metavar="FILE", help="subject_mapping.json / categories.py when not beside --data")
+    mc.add_argument("--device", help="cpu, cuda, ... (default cpu)")
+    mc.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    mc.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates (default 1000)")
+    mc.set_defaults(func=cmd_eval_mc)
+
+    from cqia_nb import open_eval
+
+    belle = kinds.add_parser("belle", help="BELLE-EVAL open questions: generate answers (cached), score them with "
+                                           "an LLM judge (or --overlap offline), append to the results store")
+    open_eval.configure_parser(belle).set_defaults(func=open_eval.run_cli)
+    return kinds
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="cqia-nb", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -195,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a previous build in OUT_DIR")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the outputs (created; must be new or empty)")
     p.set_defaults(func=cmd_build)
+
+    _add_eval_parsers(sub)  # `eval mc`; further `eval` kinds are added in _add_eval_parsers
+
+    from cqia_nb import train as train_mod
+
+    p = sub.add_parser("train", help="fine-tune (full / LoRA / QLoRA) from a recipe; same as python -m cqia_nb.train")
+    train_mod.add_cli_arguments(p)
+    p.set_defaults(func=train_mod.run_cli)
     return ap
 
 

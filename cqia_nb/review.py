@@ -55,7 +55,7 @@ import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import ipywidgets as w
 import polars as pl
@@ -71,6 +71,7 @@ __all__ = [
     "ReviewLabelsFilter",
     "ReviewEditsTransform",
     "append_decision",
+    "append_lines",
     "export_labels",
     "read_log",
 ]
@@ -118,12 +119,17 @@ def _parse_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     return obj, ""
 
 
-def read_log(path: str | Path, warn: bool = True) -> list[dict[str, Any]]:
+def read_log(path: str | Path, warn: bool = True,
+             parse_line: Callable[[bytes], tuple[dict[str, Any] | None, str]] | None = None,
+             what: str = "review decision") -> list[dict[str, Any]]:
     """Every readable decision of a log, in file order, each with its 1-based ``line``.
 
     Unreadable lines are skipped with a :class:`ReviewLogWarning` ("<file>:<line>: ...").
-    A missing file is an empty log.
+    A missing file is an empty log. ``parse_line`` (bytes -> ``(entry, "")`` or
+    ``(None, why)``) and ``what`` let other append-only logs (``cqia_nb.human_eval``) share
+    this reader; the default checks review decisions.
     """
+    parse = parse_line or _parse_line
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -134,11 +140,11 @@ def read_log(path: str | Path, warn: bool = True) -> list[dict[str, Any]]:
     for i, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        entry, why = _parse_line(raw)
+        entry, why = parse(raw)
         if entry is None:
             if warn:
                 torn = i == len(lines) and not data.endswith(b"\n")
-                warnings.warn(f"{p}:{i}: skipping unreadable review decision{' (torn last line)' if torn else ''}: "
+                warnings.warn(f"{p}:{i}: skipping unreadable {what}{' (torn last line)' if torn else ''}: "
                               f"{why}; the line is left in the file as it is", ReviewLogWarning, stacklevel=3)
             continue
         entry["line"] = i
@@ -176,9 +182,16 @@ def _fsync_dir(folder: Path) -> None:
 
 def append_decision(path: str | Path, entry: dict[str, Any]) -> None:
     """Add one decision line to the log atomically (temp file + fsync + os.replace)."""
+    append_lines(path, [entry])
+
+
+def append_lines(path: str | Path, entries: Sequence[dict[str, Any]]) -> None:
+    """Add JSON lines to an append-only log atomically, all or none (temp file + fsync +
+    os.replace, under the log's advisory lock). Shared by the review, pairwise-vote and
+    results logs."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n"
+    line = b"".join(json.dumps(e, ensure_ascii=False).encode("utf-8") + b"\n" for e in entries)
     with _locked(p):
         try:
             old = p.read_bytes()

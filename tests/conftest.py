@@ -17,6 +17,7 @@ REAL_BENCHMARKS = Path(os.environ.get("CQIA_REAL_BENCHMARKS", ROOT.parent / "sha
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="cqia-tests-"))
 os.environ["CQIA_CACHE_DIR"] = str(_SESSION_TMP / "cache")
 os.environ["CQIA_FIGURES_DIR"] = str(_SESSION_TMP / "figures")
+os.environ["CQIA_RESULTS"] = str(_SESSION_TMP / "results" / "results.jsonl")  # never build/results
 os.environ.pop("CQIA_DATA", None)  # stored notebook outputs are those of the bundled default
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,20 +1,16 @@
 """The LLM judge against a stub OpenAI-compatible server on 127.0.0.1, and the local backend.
 
-The stub reads a marker in the judged text — ``[[good:8]]``, ``[[garbage]]``, ``[[e500]]``,
-``[[flaky:2]]`` (two 500s, then a score), ``[[r429]]`` (one 429 with Retry-After, then a score),
-``[[slow]]`` (answers after the client's timeout), ``[[badjson]]`` — and counts every request.
+The stub (``tests/judge_stub.py``, shared with the BELLE-EVAL tests) reads a marker in the judged
+text — ``[[good:8]]``, ``[[garbage]]``, ``[[e500]]``, ``[[flaky:2]]`` (two 500s, then a score),
+``[[r429]]`` (one 429 with Retry-After, then a score), ``[[slow]]`` (answers after the client's
+timeout), ``[[badjson]]`` — and counts every request.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import socket
-import threading
 import time
 import warnings
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import polars as pl
 import pytest
@@ -22,104 +18,15 @@ import pytest
 from cqia_nb import judge
 from cqia_nb.filters import PipelineConfig, StepConfig, make_filter, run_pipeline
 from cqia_nb.judge import JudgeConfig, judge_frame, judge_prompts, parse_score
+from judge_stub import serve
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
-MAX_REQUESTS = 300
-MARK = re.compile(r"\[\[(\w+)(?::([^\]]*))?\]\]")
-
-
-class Stub:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.release = threading.Event()
-        self.reset()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.total = 0
-            self.per_mark: Counter = Counter()
-            self.auth: list[str | None] = []
-            self.times: dict[str, list[float]] = {}
-
-
-def make_handler(stub: Stub):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args) -> None:  # keep test output clean
-            pass
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
-            except OSError:  # the client gave up (timeout test)
-                pass
-
-        def _reply(self, text: str) -> None:
-            self._send(200, json.dumps({"id": "x", "object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]},
-                ensure_ascii=False).encode())
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            content = body["messages"][-1]["content"]
-            m = MARK.search(content)
-            mark, arg = (m.group(1), m.group(2)) if m else ("none", None)
-            key = m.group(0) if m else "none"
-            with stub.lock:
-                stub.total += 1
-                stub.per_mark[key] += 1
-                n = stub.per_mark[key]
-                stub.auth.append(self.headers.get("Authorization"))
-                stub.times.setdefault(key, []).append(time.monotonic())
-                over = stub.total > MAX_REQUESTS
-            if over or self.path != "/v1/chat/completions":
-                return self._send(503 if over else 404, b'{"error": "stub"}')
-            if mark == "good":
-                return self._reply(f"分数: {arg}\n回答准确、完整，语言流畅。")
-            if mark == "garbage":
-                return self._reply("I think this answer is pretty good overall!")
-            if mark == "e500":
-                return self._send(500, b'{"error": "internal"}')
-            if mark == "flaky":
-                if n <= int(arg or 1):
-                    return self._send(500, b'{"error": "flaky"}')
-                return self._reply("分数：8\n不错。")
-            if mark == "r429":
-                if n == 1:
-                    return self._send(429, b'{"error": "rate"}', {"Retry-After": "0.3"})
-                return self._reply("分数: 7\n还行。")
-            if mark == "slow":
-                stub.release.wait(3)
-                return self._reply("分数: 9\n迟到的回答。")
-            if mark == "badjson":
-                return self._send(200, b"<html>not json</html>")
-            return self._reply("分数: 5")
-
-    return Handler
 
 
 @pytest.fixture(scope="module")
 def server():
-    stub = Stub()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(stub))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    stub.url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    try:
+    with serve() as stub:
         yield stub
-    finally:
-        stub.release.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(5)
 
 
 @pytest.fixture

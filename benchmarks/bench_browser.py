@@ -1,0 +1,250 @@
+"""Latency of the dataset browser as a person sees it: JupyterLab in headless Chromium, full real data (not a test).
+
+A notebook in a temporary folder loads the real COIG-CQIA copy (17,971 records) and shows
+``widgets.browse(frame)``. For each interaction the clock runs inside the page, from just before
+the DOM event a user's action fires (the config list's ``change``, the search box's ``change`` on
+Enter, the Next button's click) until the page table's HTML has changed and the next frame has
+been drawn: the browser → kernel → browser round trip plus rendering. Each change really changes
+the rows (values are cycled); the kernel is idle again before the next repetition; the first two
+of each are warm-ups and not counted. Target: p95 <= 200 ms.
+
+For scale, the same run times the floor of any ipywidgets round trip (an IntText whose change
+sets a Label in the kernel) and the kernel-side work alone (the same calls on a DatasetBrowser
+in this process, as benchmarks/bench_widget.py does).
+
+    .venv/bin/python benchmarks/bench_browser.py [--root ../shared/coig-cqia] [--reps 20] [--json out.json]
+
+Needs what the browser test tier needs: playwright and Debian's chromium (``make test``
+installs it where apt-get works).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "browser"))
+
+import lab  # noqa: E402  (tests/browser/lab.py: the tier's JupyterLab + Chromium driver)
+
+TARGET_MS = 200.0
+WARMUP = 2
+SEARCH_PLACEHOLDER = "text (Enter to apply)"
+BROWSER_ROOT = f'.widget-vbox:has(> .widget-hbox input[placeholder="{SEARCH_PLACEHOLDER}"])'
+TEXTS = ["中国", "如何", "医生", "电影", "python", "学习", "公司", "孩子"]
+
+# One measured interaction, run in the page. The observer is attached before the event fires;
+# done = the page table changed, then one animation frame and a task later (the frame is drawn).
+_JS_MEASURE = """async ([cellIndex, rootSel, kind, arg]) => {
+  const cell = document.querySelectorAll('.jp-Notebook .jp-Cell')[cellIndex];
+  const root = cell.querySelector(rootSel);
+  let target, act;
+  if (kind === 'echo') {
+    const box = cell.querySelector('.widget-vbox');
+    target = box.querySelector(':scope > .widget-label');  // the Label, not IntText's description
+    const input = box.querySelector('input');
+    act = () => { input.value = String(arg); input.dispatchEvent(new Event('change', {bubbles: true})); };
+  } else {
+    target = root.querySelector(':scope > .widget-html .widget-html-content');
+    if (kind === 'config') {
+      const sel = [...root.querySelectorAll('.widget-select-multiple')]
+        .find(d => d.querySelector('label').textContent === 'config').querySelector('select');
+      act = () => { for (const o of sel.options) o.selected = (o.value === arg);
+                    sel.dispatchEvent(new Event('change', {bubbles: true})); };
+    } else if (kind === 'search') {
+      const input = root.querySelector('input[type=text]');
+      act = () => { input.value = arg; input.dispatchEvent(new Event('change', {bubbles: true})); };
+    } else if (kind === 'next') {
+      const next = [...root.querySelectorAll('button')].find(b => b.textContent.includes('Next'));
+      act = () => next.click();
+    } else {
+      throw new Error('unknown interaction ' + kind);
+    }
+  }
+  const before = target.innerHTML;
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { obs.disconnect(); reject(new Error(kind + ': no update within 30 s')); }, 30000);
+    const obs = new MutationObserver(() => {
+      if (target.innerHTML === before) return;
+      obs.disconnect();
+      clearTimeout(timer);
+      requestAnimationFrame(() => setTimeout(() => resolve(performance.now() - t0), 0));
+    });
+    obs.observe(target, {childList: true, subtree: true, characterData: true});
+    const t0 = performance.now();
+    act();
+  });
+}"""
+
+
+_JS_CONFIGS = """rootSel => {
+  const root = document.querySelectorAll('.jp-Notebook .jp-Cell')[1].querySelector(rootSel);
+  const box = [...root.querySelectorAll('.widget-select-multiple')]
+    .find(d => d.querySelector('label').textContent === 'config');
+  return [...box.querySelector('select').options].map(o => o.value);
+}"""
+
+
+def _chromium_version() -> str:
+    import subprocess
+
+    r = subprocess.run([str(lab.chromium_path()), "--version"], capture_output=True, text=True)
+    return r.stdout.strip().split(" built on")[0] or "Chromium (version unknown)"
+
+
+def p95(values: list[float]) -> float:
+    s = sorted(values)
+    return s[max(0, math.ceil(0.95 * len(s)) - 1)]  # nearest rank
+
+
+def _notebook(root: Path, data_root: Path) -> Path:
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (
+        "import warnings\n\nfrom cqia_nb import data, widgets\n\n"
+        "with warnings.catch_warnings():\n    warnings.simplefilter('ignore')  # the copy's known LFS pointers\n"
+        f"    frame = data.load(source={str(data_root)!r}).frame\nframe.height",
+        "b = widgets.browse(frame, page_size=10)\nb",
+        "import ipywidgets as w\n\nsrc, dst = w.IntText(description='echo'), w.Label()\n"
+        "src.observe(lambda ch: setattr(dst, 'value', str(ch['new'])), names='value')\nw.VBox([src, dst])",
+    )]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = root / "bench_browser.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
+def _kernel_side_ms(data_root: Path, configs: list[str], reps: int) -> dict[str, float]:
+    """Median ms of the same calls on a DatasetBrowser in this process (no browser, no comm)."""
+    from cqia_nb import data, widgets
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frame = data.load(source=str(data_root)).frame
+    b = widgets.DatasetBrowser(frame, page_size=10)
+
+    def timed(fn: Callable[[], object]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1000.0
+
+    out = {}
+    out["config filter change"] = statistics.median(
+        timed(lambda k=k: b.set_query(configs=(configs[k % len(configs)],))) for k in range(reps))
+    b.set_query(configs=())
+    out["search + Enter"] = statistics.median(
+        timed(lambda k=k: b.set_query(text=TEXTS[k % len(TEXTS)])) for k in range(reps))
+    b.set_query(text="")
+    out["next page"] = statistics.median(timed(b.next_page) for _ in range(reps))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=REPO.parent / "shared" / "coig-cqia")
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    if args.reps < 10:
+        ap.error("--reps must be at least 10")
+    if not (args.root / "README.md").is_file():
+        print(f"{args.root}: not a COIG-CQIA copy; pass --root to a clone of m-a-p/COIG-CQIA", file=sys.stderr)
+        return 2
+    missing = lab.missing_requirements()
+    if missing:
+        print("cannot run the browser benchmark: " + "; ".join(missing), file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    data_root = args.root.resolve()
+    with tempfile.TemporaryDirectory(prefix="cqia-bench-browser-") as tmp_s:
+        tmp = Path(tmp_s)
+        (tmp / "root").mkdir()
+        nb_path = _notebook(tmp / "root", data_root)
+        env = {"CQIA_CACHE_DIR": str(tmp / "cache"), "CQIA_FIGURES_DIR": str(tmp / "figures"),
+               "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        os.environ.update(env)  # the in-process kernel-side timing uses the same empty cache
+        t0 = time.perf_counter()
+        with lab.LabServer(lab.LabConfig(tmp / "root", tmp / "state", env=env)) as server, \
+                sync_playwright() as pw:
+            context = lab.launch_chromium(pw, tmp / "profile")
+            page = context.new_page()
+            nb = lab.NotebookPage(page, server)
+            nb.open(nb_path.name)
+            nb.run_all(timeout_s=600)
+            problems = nb.widget_problems()
+            if problems:
+                raise SystemExit(f"the widgets did not render: {problems}")
+            n_records = int(nb.output(0).inner_text().split(":")[-1].strip().replace(",", ""))
+            configs = page.evaluate(_JS_CONFIGS, BROWSER_ROOT)
+            print(f"{n_records:,} records from {data_root}; JupyterLab up and notebook run in "
+                  f"{time.perf_counter() - t0:.1f} s; {len(configs)} configs")
+
+            def measure(cell: int, kind: str, arg: Any) -> float:
+                ms = page.evaluate(_JS_MEASURE, [cell, BROWSER_ROOT, kind, arg])
+                nb.wait_idle(60)  # the status and record view follow the table: let them finish
+                return float(ms)
+
+            root = nb.output(1).locator(BROWSER_ROOT).first
+
+            def untimed(action: Callable[[], None]) -> None:
+                action()
+                page.wait_for_timeout(200)  # let the kernel pick the change up, then finish
+                nb.wait_idle(60)
+
+            # The unfiltered first page is the first config's first rows, so the cycle starts
+            # at the second config: every timed change shows other rows.
+            cases: list[tuple[str, Callable[[int], float]]] = [
+                ("config filter change", lambda k: measure(1, "config", configs[(k + 1) % len(configs)])),
+                ("search + Enter", lambda k: measure(1, "search", TEXTS[k % len(TEXTS)])),
+                ("next page", lambda k: measure(1, "next", None)),
+                ("ipywidgets echo (floor)", lambda k: measure(2, "echo", k + 1)),
+            ]
+            results = []
+            for name, run in cases:
+                if name == "search + Enter":  # from all records
+                    untimed(lambda: root.locator("select[multiple]").nth(1).select_option([]))
+                if name == "next page":  # through all records
+                    untimed(lambda: (root.locator(f'input[placeholder="{SEARCH_PLACEHOLDER}"]').fill(""),
+                                     root.locator(f'input[placeholder="{SEARCH_PLACEHOLDER}"]').press("Enter")))
+                times = [run(k) for k in range(args.reps + WARMUP)][WARMUP:]
+                results.append({"interaction": name, "reps": len(times), "median_ms": statistics.median(times),
+                                "p95_ms": p95(times), "max_ms": max(times)})
+            problems = nb.widget_problems()
+            context.close()
+        if problems:
+            raise SystemExit(f"widgets broke during the run: {problems}")
+        kernel = _kernel_side_ms(data_root, configs, args.reps)
+
+    print(f"\n{'interaction':<26} {'reps':>5} {'median ms':>10} {'p95 ms':>8} {'max ms':>8} {'kernel-side ms':>15}")
+    print("-" * 77)
+    for r in results:
+        k = kernel.get(r["interaction"])
+        r["kernel_side_median_ms"] = k
+        print(f"{r['interaction']:<26} {r['reps']:>5} {r['median_ms']:>10.1f} {r['p95_ms']:>8.1f} "
+              f"{r['max_ms']:>8.1f} {'' if k is None else f'{k:.1f}':>15}")
+    timed = [r for r in results if "floor" not in r["interaction"]]
+    worst = max(timed, key=lambda r: r["p95_ms"])
+    ok = worst["p95_ms"] <= TARGET_MS
+    print(f"\nverdict: {'PASS' if ok else 'FAIL'} — slowest p95 is {worst['interaction']} at "
+          f"{worst['p95_ms']:.1f} ms ({'within' if ok else 'over'} the {TARGET_MS:.0f} ms target, "
+          f"{n_records:,} records; {_chromium_version()})")
+    if args.json:
+        args.json.write_text(json.dumps({"records": n_records, "results": results}, indent=2), encoding="utf-8")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
