@@ -36,6 +36,7 @@ bench: $(STAMP) browser-deps
 	$(PY) benchmarks/bench_browser.py
 	$(PY) benchmarks/bench_rules.py
 	$(PY) benchmarks/bench_dedup.py
+	$(PY) benchmarks/bench_eval.py
 
 ## Browser tier (tests/browser): JupyterLab driven in Debian's headless Chromium through
 ## Playwright (no browser download). The packages are installed quietly when missing and

@@ -12,8 +12,8 @@ Both tools read the same C-Eval CSV files and run the same model object on the C
   cache reused);
 * lm-evaluation-harness 0.4.13 (``lm_eval``, the ``test`` extra): its own ``ceval-valid_<subject>``
   task YAMLs pointed at the local CSVs (``evaluate.harness_predictions``), ``HFLM`` at its default
-  batch size 1 (and at ``--batch-size`` for the tiny model); its datasets cache is warm after the
-  first run.
+  batch size 1 (and at ``--batch-size`` for the tiny model); its datasets cache
+  (``<cqia cache>/lm_eval``) is warm after the first run.
 
 Timed: files -> predictions, model already loaded, median of the reps, runs interleaved, the first
 run of each tool a warm-up that is not counted. Every run's predictions are compared with the
@@ -35,7 +35,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -43,7 +42,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_CACHE", str(Path(tempfile.mkdtemp(prefix="bench-eval-hf-"))))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

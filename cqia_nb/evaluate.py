@@ -318,6 +318,7 @@ def _read_csv(name: str, path: Path, rel: str, subject: str, zh: str, cats: tupl
         return []
     col = {c: header.index(c) for c in set(need) | {id_col}}
     seen = 0
+    ids_seen: dict[str, int] = {}
     while True:
         if limit is not None and seen >= limit:
             break
@@ -351,6 +352,11 @@ def _read_csv(name: str, path: Path, rel: str, subject: str, zh: str, cats: tupl
         if not q.strip():
             problems.add(rel, start, item, role, q_col, "empty question")
             continue
+        if item in ids_seen:
+            problems.add(rel, start, item, role, id_col or "(index)",
+                         f"duplicate id {item!r} (first on line {ids_seen[item]}); ids must be unique in a file")
+            continue
+        ids_seen[item] = start
         out.append(Question(id=f"{rel}:{item}", benchmark=name, subject=subject, subject_zh=zh, category=cats[0],
                             question=q, options=tuple(row[col[c]] for c in "ABCD"), answer=LETTERS.index(ans),
                             file=rel, line=start, categories=cats))

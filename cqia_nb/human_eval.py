@@ -42,7 +42,7 @@ from typing import Any, Literal, Sequence
 import ipywidgets as w
 import polars as pl
 
-from cqia_nb.review import _reviewer, append_lines, read_log
+from cqia_nb.review import QueueCursor, _reviewer, append_lines, read_log
 from cqia_nb.widgets import _PRE, Displayable, _esc
 
 __all__ = [
@@ -184,7 +184,7 @@ def win_rate_row(stats: dict[str, Any], base_model: str | None = None, train_sub
             "notes": "; ".join(x for x in (notes, how) if x)}
 
 
-class PairwiseQueue(Displayable):
+class PairwiseQueue(QueueCursor, Displayable):
     """Rate ``items`` (item_id, prompt, answer_x, answer_y; see :func:`pair_answers`) blind:
     answers shown as A/B in a seeded per-item order; every click saved to ``path``.
 
@@ -248,14 +248,9 @@ class PairwiseQueue(Displayable):
     def current_vote(self) -> dict[str, Any] | None:
         return self._votes.get(self._ids[self._index]) if self._ids else None
 
-    def first_undecided(self, start: int = 0) -> int | None:
-        """Index of the first item without a vote at or after ``start``, wrapping around."""
-        n = len(self._ids)
-        for j in range(n):
-            i = (start + j) % n
-            if self._ids[i] not in self._votes:
-                return i
-        return None
+    @property
+    def _done(self) -> dict:
+        return self._votes
 
     def counts(self) -> dict[str, int]:
         """Votes on this queue's items: wins of X, wins of Y, ties, undecided."""
@@ -302,21 +297,6 @@ class PairwiseQueue(Displayable):
         self._message = f"saved: {'tie' if c == 'tie' else c + ' better'} for {rid}"
         self._show()
         return entry
-
-    def next(self) -> None:
-        self.goto(min(self._index + 1, max(len(self._ids) - 1, 0)))
-
-    def prev(self) -> None:
-        self.goto(max(self._index - 1, 0))
-
-    def goto(self, i: int) -> None:
-        if not self._ids:
-            return
-        if not 0 <= i < len(self._ids):
-            raise IndexError(f"no item {i} in a queue of {len(self._ids)}")
-        self._index = i
-        self._message = ""
-        self._show()
 
     def votes(self) -> pl.DataFrame:
         """The latest vote per item of this pair (:func:`read_votes` of the log)."""

@@ -233,7 +233,42 @@ def export_labels(path: str | Path, warn: bool = True) -> pl.DataFrame:
 
 # ----------------------------------------------------------------------------- the queue
 
-class ReviewQueue(Displayable):
+class QueueCursor:
+    """Moving through a queue of item ids, shared by :class:`ReviewQueue` and the pairwise queue.
+
+    Needs ``_ids`` (item ids in order), ``_index``, ``_message``, ``_done`` (ids decided) and
+    ``_show()``; ``_noun`` names an item in errors."""
+
+    _noun = "item"
+
+    def first_undecided(self, start: int = 0) -> int | None:
+        """Index of the first undecided item at or after ``start``, wrapping to the beginning."""
+        n = len(self._ids)
+        for j in range(n):
+            i = (start + j) % n
+            if self._ids[i] not in self._done:
+                return i
+        return None
+
+    def next(self) -> None:
+        """Next item (stays on the last)."""
+        self.goto(min(self._index + 1, max(len(self._ids) - 1, 0)))
+
+    def prev(self) -> None:
+        """Previous item (stays on the first)."""
+        self.goto(max(self._index - 1, 0))
+
+    def goto(self, i: int) -> None:
+        if not self._ids:
+            return
+        if not 0 <= i < len(self._ids):
+            raise IndexError(f"no {self._noun} {i} in a queue of {len(self._ids)}")
+        self._index = i
+        self._message = ""
+        self._show()
+
+
+class ReviewQueue(QueueCursor, Displayable):
     """Review the records of ``frame`` one at a time; every decision is saved to ``path``.
 
     columns: the columns shown (default: all); record_id is always shown. note: show a note box.
@@ -311,14 +346,11 @@ class ReviewQueue(Displayable):
     def decided(self, record_id: str) -> bool:
         return record_id in self._decisions
 
-    def first_undecided(self, start: int = 0) -> int | None:
-        """Index of the first undecided record at or after ``start``, wrapping to the beginning."""
-        n = len(self._ids)
-        for j in range(n):
-            i = (start + j) % n
-            if self._ids[i] not in self._decisions:
-                return i
-        return None
+    _noun = "record"
+
+    @property
+    def _done(self) -> dict:
+        return self._decisions
 
     def counts(self) -> dict[str, int]:
         """Decisions on this queue's records: keep/drop/edit/undecided."""
@@ -372,23 +404,6 @@ class ReviewQueue(Displayable):
         self._message = f"saved: {decision} {entry['record_id']}"
         self._show()
         return entry
-
-    def next(self) -> None:
-        """Next record (stays on the last)."""
-        self.goto(min(self._index + 1, max(len(self._ids) - 1, 0)))
-
-    def prev(self) -> None:
-        """Previous record (stays on the first)."""
-        self.goto(max(self._index - 1, 0))
-
-    def goto(self, i: int) -> None:
-        if not self._ids:
-            return
-        if not 0 <= i < len(self._ids):
-            raise IndexError(f"no record {i} in a queue of {len(self._ids)}")
-        self._index = i
-        self._message = ""
-        self._show()
 
     def command(self, text: str) -> str:
         """Run a command-box line (``k``, ``d note``, ``e``, ``n``, ``p``); returns the message."""

@@ -18,6 +18,8 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
+import pytest
+
 MAX_REQUESTS = 300
 MARK = re.compile(r"\[\[(\w+)(?::([^\]]*))?\]\]")
 
@@ -122,3 +124,17 @@ def serve() -> Iterator[Stub]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One stub server per test module (import this and ``stub`` into the module)."""
+    with serve() as stub:
+        yield stub
+
+
+@pytest.fixture
+def stub(server):
+    """The module's stub server, its script and records reset for each test."""
+    server.reset()
+    return server

@@ -174,7 +174,8 @@ def test_bad_csv_rows_are_named_counted_and_excluded(tmp_path):
         "2,少一列,a,b,c,A\n"
         "3,小写答案,a,b,c,d,b\n"
         "4,好问题二,a,b,c,d,D\n"
-        "5,,a,b,c,d,B\n", encoding="utf-8")
+        "5,,a,b,c,d,B\n"
+        "4,重复的编号,a,b,c,d,C\n", encoding="utf-8")
     (d / "empty_val.csv").write_bytes(b"")
     (d / "wrong_val.csv").write_text("q,a\n1,2\n", encoding="utf-8")
     (d / "quote_val.csv").write_text(CEVAL_HEADER + '\n0,"未闭合,a,b,c,d,A\n1,x,a,b,c,d,A\n', encoding="utf-8")
@@ -185,16 +186,17 @@ def test_bad_csv_rows_are_named_counted_and_excluded(tmp_path):
     assert probs[("law_val.csv", 4)]["message"].startswith("6 fields, the header has 7")
     assert "'b'" in probs[("law_val.csv", 5)]["message"]
     assert probs[("law_val.csv", 7)]["message"] == "empty question"
+    assert probs[("law_val.csv", 8)]["message"].startswith("duplicate id '4' (first on line 6)")
     assert "empty file" in probs[("empty_val.csv", None)]["message"]
     assert "header is 'q,a'" in probs[("wrong_val.csv", 1)]["message"]
     assert probs[("quote_val.csv", 2)]["role"] == "question"  # the unbalanced quote swallows the rest: named
-    assert b.n_excluded == 5 and b.n_read == len(b) + b.n_excluded
+    assert b.n_excluded == 6 and b.n_read == len(b) + b.n_excluded
     text = ev.format_problems(b.problems)
     assert "law_val.csv:3: 1 [question] answer: answer 'E'" in text
     # evaluation still runs on the good questions and reports the excluded ones
     res = ev.evaluate_mc((StubLM(torch.zeros(300)), _ByteTok()), b, CFG)
-    assert res.overall["n"] == 2 and res.overall["excluded"] == 5 and res.problems.height == b.problems.height
-    assert "7 questions read: 2 evaluated, 5 excluded" in res.report()
+    assert res.overall["n"] == 2 and res.overall["excluded"] == 6 and res.problems.height == b.problems.height
+    assert "8 questions read: 2 evaluated, 6 excluded" in res.report()
 
 
 def test_bad_safetybench_items_and_answers(tmp_path, safety_dir):

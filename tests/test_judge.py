@@ -18,21 +18,9 @@ import pytest
 from cqia_nb import judge
 from cqia_nb.filters import PipelineConfig, StepConfig, make_filter, run_pipeline
 from cqia_nb.judge import JudgeConfig, judge_frame, judge_prompts, parse_score
-from judge_stub import serve
+from judge_stub import serve, server, stub  # noqa: F401  (fixtures)
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with serve() as stub:
-        yield stub
-
-
-@pytest.fixture
-def stub(server):
-    server.reset()
-    return server
 
 
 def cfg(stub, tmp_path, **kw) -> JudgeConfig:

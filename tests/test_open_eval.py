@@ -18,7 +18,7 @@ from cqia_nb.open_eval import (BelleEvalConfig, BelleEvalError, GenerationSettin
                                sample_items, summarize_scores)
 from cqia_nb.results import read_results
 from conftest import REAL_BENCHMARKS
-from judge_stub import serve
+from judge_stub import serve, server, stub  # noqa: F401  (fixtures)
 
 NBSP = "\u00a0"
 PROMPTS = [
@@ -47,18 +47,6 @@ ITEMS = [
     {"question": "写一首关于秋天的诗。[[belle:0.6]]", "std_answer": "", "class": "generation"},
     {"question": "太阳从哪边升起？[[garbage]]", "std_answer": "东边。", "class": " Open\u3000QA "},
 ]
-
-
-@pytest.fixture(scope="module")
-def server():
-    with serve() as stub:
-        yield stub
-
-
-@pytest.fixture
-def stub(server):
-    server.reset()
-    return server
 
 
 def judge_cfg(stub, tmp_path, **kw) -> JudgeConfig:
