@@ -372,15 +372,6 @@ class PairwiseQueue(QueueCursor, Displayable):
         self._status.value = self._message
 
     @property
-    def html(self) -> str:
-        """The HTML of the item view (escaped)."""
-        return self._view.value
-
-    @property
-    def status_text(self) -> str:
-        return self._status.value
-
-    @property
     def controls(self) -> dict[str, w.Widget]:
         """The widgets by name (for tests and custom layouts)."""
         return {"a": self._a, "tie": self._tie, "b": self._b, "prev": self._prev_btn, "next": self._next_btn,

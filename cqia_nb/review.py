@@ -236,8 +236,8 @@ def export_labels(path: str | Path, warn: bool = True) -> pl.DataFrame:
 class QueueCursor:
     """Moving through a queue of item ids, shared by :class:`ReviewQueue` and the pairwise queue.
 
-    Needs ``_ids`` (item ids in order), ``_index``, ``_message``, ``_done`` (ids decided) and
-    ``_show()``; ``_noun`` names an item in errors."""
+    Needs ``_ids`` (item ids in order), ``_index``, ``_message``, ``_done`` (ids decided),
+    ``_show()`` and the ``_view`` / ``_status`` widgets; ``_noun`` names an item in errors."""
 
     _noun = "item"
 
@@ -266,6 +266,15 @@ class QueueCursor:
         self._index = i
         self._message = ""
         self._show()
+
+    @property
+    def html(self) -> str:
+        """The HTML of the current item's view (escaped)."""
+        return self._view.value
+
+    @property
+    def status_text(self) -> str:
+        return self._status.value
 
 
 class ReviewQueue(QueueCursor, Displayable):
@@ -532,15 +541,6 @@ class ReviewQueue(QueueCursor, Displayable):
         self._next_btn.disabled = empty or self._index >= len(self._ids) - 1
         self._editor.disabled = empty or "output" not in self._frame.columns
         self._status.value = self._message
-
-    @property
-    def html(self) -> str:
-        """The HTML of the record view (escaped)."""
-        return self._view.value
-
-    @property
-    def status_text(self) -> str:
-        return self._status.value
 
     @property
     def controls(self) -> dict[str, w.Widget]:
