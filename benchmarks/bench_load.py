@@ -34,7 +34,7 @@ def data_files(root: Path) -> list[str]:
 
 def time_ours(root: Path, cache: Path | None) -> tuple[float, int]:
     """One load; ``cache=None`` parses and validates without touching any cache."""
-    from cqia_nb.data import LoadConfig, load
+    from cqia_nb.data.load import LoadConfig, load
 
     t = time.perf_counter()
     with warnings.catch_warnings():
@@ -89,7 +89,7 @@ def main() -> None:
     files = data_files(root)
     import datasets  # noqa: F401  (import cost is not what we measure)
 
-    from cqia_nb import data  # noqa: F401
+    import cqia_nb.data as data  # noqa: F401
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()

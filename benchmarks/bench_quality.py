@@ -35,9 +35,10 @@ def main() -> None:
 
     import polars as pl
 
-    from cqia_nb import models, quality
-    from cqia_nb.data import LoadConfig, load
-    from cqia_nb.filters import make_filter
+    import cqia_nb.filter.scores as quality
+    import cqia_nb.models as models
+    from cqia_nb.data.load import LoadConfig, load
+    from cqia_nb.filter.framework import make_filter
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -95,7 +95,7 @@ def worker_ours(parquet: str, recipe: str) -> dict:
     import polars as pl
 
     sys.path.insert(0, str(ROOT))
-    from cqia_nb.filters import PipelineConfig, run_pipeline
+    from cqia_nb.filter.framework import PipelineConfig, run_pipeline
 
     if recipe.endswith(".json"):
         cfg = PipelineConfig.from_dict(json.loads(Path(recipe).read_text()), recipe)
@@ -219,7 +219,7 @@ def load_real(data: Path):
     import warnings
 
     sys.path.insert(0, str(ROOT))
-    from cqia_nb.data import LoadConfig, load
+    from cqia_nb.data.load import LoadConfig, load
 
     cache = tempfile.mkdtemp(prefix="bench-rules-cache-")
     try:
@@ -233,7 +233,7 @@ def load_real(data: Path):
 def calibrate(data: Path) -> None:
     import polars as pl
 
-    from cqia_nb.filters import PipelineConfig, Transform
+    from cqia_nb.filter.framework import PipelineConfig, Transform
 
     frame = load_real(data)
     cfg = PipelineConfig.from_yaml(ROOT / "recipes" / "filter-default.yaml")

@@ -50,10 +50,10 @@ PHASES = ("load", "evals", "index", "tokenizer", "contamination", "format", "sub
 def child(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
     warnings.simplefilter("ignore")
-    from cqia_nb import contamination as C
-    from cqia_nb import exports as E
-    from cqia_nb import formatting as F
-    from cqia_nb import subsets as S
+    import cqia_nb.build as S
+    import cqia_nb.build.contamination as C
+    import cqia_nb.build.exports as E
+    import cqia_nb.build.formatting as F
 
     t_imports = time.perf_counter() - t_start
     ph: dict[str, float] = {}

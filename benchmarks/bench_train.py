@@ -87,7 +87,7 @@ def _peak_mem_mib() -> float:
 
 
 def _config(method: str, data: str, steps: int, threads: int, out: str, extra: list[str]):
-    from cqia_nb import finetune
+    import cqia_nb.train.session as finetune
 
     td = finetune.TrainingData(Path(data), None, "bench")
     cfg = finetune.method_configs("cpu-tiny", td, out, steps=steps, methods=[method],
@@ -97,7 +97,7 @@ def _config(method: str, data: str, steps: int, threads: int, out: str, extra: l
 
 
 def worker_trainer(method: str, data: str, steps: int, threads: int, extra: list[str]) -> dict:
-    from cqia_nb import train as T
+    import cqia_nb.train as T
 
     with tempfile.TemporaryDirectory() as out:
         cfg = _config(method, data, steps, threads, out, extra)
@@ -113,7 +113,7 @@ def worker_minimal(method: str, data: str, steps: int, threads: int, extra: list
     import torch
     from transformers import get_scheduler, set_seed
 
-    from cqia_nb import train as T
+    import cqia_nb.train as T
 
     with tempfile.TemporaryDirectory() as out:
         cfg = _config(method, data, steps, threads, out, extra)
@@ -128,7 +128,7 @@ def worker_minimal(method: str, data: str, steps: int, threads: int, extra: list
     dev = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(list(train_ds), batch_size=cfg.per_device_batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(cfg.seed),
-                                         collate_fn=T._collator(cfg, tok))
+                                         collate_fn=T.trainer._collator(cfg, tok))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
@@ -161,12 +161,12 @@ def gpu_qlora(steps: int, seq_len: int, batch: int) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cqia_nb import finetune, train as T
+    import cqia_nb.train as T
 
     if not torch.cuda.is_available():
         raise SystemExit("--gpu needs a CUDA GPU (this benchmark was not run on one for the README)")
     work = Path(tempfile.mkdtemp(prefix="bench7b-"))
-    tiny = T._tiny_model_dir(T.TrainConfig(), T.load_conversations(T.TrainConfig()))
+    tiny = T.data.tiny_base_model(T.TrainConfig(), T.load_conversations(T.TrainConfig()))
     tok = T.load_tokenizer(tiny)
     cfg7 = LlamaConfig(vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=32, intermediate_size=11008, max_position_embeddings=4096,
@@ -178,7 +178,7 @@ def gpu_qlora(steps: int, seq_len: int, batch: int) -> dict:
     del model
     torch.cuda.empty_cache()
     # conversations of ~seq_len tokens: bundled answers concatenated
-    from cqia_nb.data import load
+    from cqia_nb.data.load import load
 
     answers = [a for a in load(source="bundled").frame["output"].to_list() if a]
     rows, buf = [], ""
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
               f"{'met' if r['tokens_per_s'] >= PEERS[1][1] and r['peak_gib'] <= PEERS[1][2] else 'NOT met'}")
         return 0
 
-    from cqia_nb import finetune
+    import cqia_nb.train.session as finetune
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = finetune.training_data("bundled", rebuild_dir=tmp / "subsets").train

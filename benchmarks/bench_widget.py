@@ -24,7 +24,7 @@ import polars as pl
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from cqia_nb.widgets import DatasetBrowser  # noqa: E402
+from cqia_nb.ui.browser import DatasetBrowser  # noqa: E402
 
 TARGET_MS = 200.0
 LFS_PREFIX = "version https://git-lfs"
@@ -68,7 +68,7 @@ def read_real_data_by_hand(root: Path) -> pl.DataFrame:
 
 def load_frame(root: Path) -> tuple[pl.DataFrame, str]:
     try:
-        from cqia_nb.data import LoadConfig, load
+        from cqia_nb.data.load import LoadConfig, load
     except ImportError:
         return read_real_data_by_hand(root), "json (cqia_nb.data not importable)"
     with warnings.catch_warnings():

@@ -8,9 +8,21 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from cqia_nb import build as subsets
+from cqia_nb import models
+from cqia_nb import runner as nbs
+from cqia_nb.build import exports
+from cqia_nb.core.overrides import AssignmentError, parse_assignments
+from cqia_nb.data.load import LoadConfig, config_counts, format_problems, load
+from cqia_nb.eval import mc as ev
+from cqia_nb.eval.belle import cli as open_eval
+from cqia_nb.filter.framework import PipelineConfig, run_pipeline
+from cqia_nb.filter.outputs import read_kept, write_outputs
+from cqia_nb.models.loading import load_causal_lm
+from cqia_nb.train import cli as train_mod
+
 
 def _load(path: str):
-    from cqia_nb.data import LoadConfig, load
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the CLI prints every problem itself
@@ -18,7 +30,6 @@ def _load(path: str):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from cqia_nb.data import format_problems
 
     res = _load(args.path)
     if res.problems.height:
@@ -29,8 +40,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     import polars as pl
-
-    from cqia_nb.data import config_counts
 
     res = _load(args.path)
     table = config_counts(res.frame, res.files)
@@ -45,7 +54,6 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def _parse_params(items: list[str]) -> dict[str, object]:
-    from cqia_nb.config import AssignmentError, parse_assignments
 
     try:
         parsed = parse_assignments(items)
@@ -61,7 +69,6 @@ def _parse_params(items: list[str]) -> dict[str, object]:
 
 
 def cmd_notebooks(args: argparse.Namespace) -> int:
-    from cqia_nb import notebooks as nbs
 
     params = _parse_params(args.param or [])
     if args.refresh_checked:
@@ -95,7 +102,6 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 def _filter_input(source: str):
     """A frame from INPUT: 'bundled', a COIG-CQIA folder/file, or a previous run's kept.parquet
     (or its folder)."""
-    from cqia_nb.filters import read_kept
 
     p = Path(source)
     if source != "bundled" and (p.suffix == ".parquet" or (p.is_dir() and (p / "kept.parquet").is_file())):
@@ -112,8 +118,6 @@ def _filter_input(source: str):
 
 def cmd_filter(args: argparse.Namespace) -> int:
     import polars as pl
-
-    from cqia_nb.filters import PipelineConfig, run_pipeline, write_outputs
 
     config = PipelineConfig.from_yaml(args.config)
     config.build()  # a bad recipe fails here, before the input is read
@@ -132,7 +136,6 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from cqia_nb import exports, subsets
 
     spec = subsets.BuildSpec.from_yaml(args.spec)  # a bad spec fails here, before the input is read
     out = Path(args.out_dir)
@@ -161,13 +164,11 @@ def _eval_model(spec: str):
     """--model: a local folder / hub name, or 'tiny' (the cpu-tiny model trained on the bundled data)."""
     if spec != "tiny":
         return spec
-    from cqia_nb import models
 
     return models.tiny_lm(_load("bundled").frame)
 
 
 def cmd_eval_mc(args: argparse.Namespace) -> int:
-    from cqia_nb import evaluate as ev
 
     subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
     bench = ev.load_benchmark(args.benchmark, args.data, args.dev, args.answers, subjects=subjects,
@@ -182,7 +183,6 @@ def cmd_eval_mc(args: argparse.Namespace) -> int:
                          batch_size=args.batch_size, max_length=args.max_length, chat=args.chat,
                          max_new_tokens=args.max_new_tokens, seed=args.seed, bootstrap=args.bootstrap,
                          device=args.device, progress=sys.stderr.isatty())
-    from cqia_nb.models import load_causal_lm
 
     try:
         model = load_causal_lm(_eval_model(args.model), device=args.device or "cpu")
@@ -228,8 +228,6 @@ def _add_eval_parsers(sub) -> argparse._SubParsersAction:
     mc.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     mc.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates (default 1000)")
     mc.set_defaults(func=cmd_eval_mc)
-
-    from cqia_nb import open_eval
 
     belle = kinds.add_parser("belle", help="BELLE-EVAL open questions: generate answers (cached), score them with "
                                            "an LLM judge (or --overlap offline), append to the results store")
@@ -277,8 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     _add_eval_parsers(sub)  # `eval mc`; further `eval` kinds are added in _add_eval_parsers
-
-    from cqia_nb import train as train_mod
 
     p = sub.add_parser("train", help="fine-tune (full / LoRA / QLoRA) from a recipe; same as python -m cqia_nb.train")
     train_mod.add_cli_arguments(p)

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import jsonl, make_record
 
 from cqia_nb.cli import main
-from conftest import jsonl, make_record
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

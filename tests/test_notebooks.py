@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cqia_nb import notebooks
+import cqia_nb.runner as notebooks
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from cqia_nb import notebooks
+import cqia_nb.runner as notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,12 @@ import nbformat
 import polars as pl
 import pytest
 
-from cqia_nb import data, notebooks, review, tuner, widgets
+import cqia_nb.data as data
+import cqia_nb.runner as notebooks
+import cqia_nb.ui.browser as widgets
+import cqia_nb.ui.review as review
+import cqia_nb.ui.tuner as tuner
+from cqia_nb.core.jsonl import read_log
 
 from .lab import LabServer, NotebookPage
 
@@ -32,7 +37,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 MARKER = "浏览器转义测试"
 HOSTILE_IMG = "<img src=x onerror=\"window.__pwned=(window.__pwned||[]).concat('img')\">"
 HOSTILE_SCRIPT = "<script>window.__pwned=(window.__pwned||[]).concat('script')</script>"
-SEARCH_PLACEHOLDER = "text (Enter to apply)"  # cqia_nb.widgets.DatasetBrowser's search box
+SEARCH_PLACEHOLDER = "text (Enter to apply)"  # cqia_nb.ui.browser.DatasetBrowser's search box
 TIMEOUT_MS = 60_000
 
 
@@ -66,7 +71,7 @@ class OpenNotebook:
 
 @dataclass
 class BrowserView:
-    """The parts of a rendered DatasetBrowser (its VBox's children, in cqia_nb.widgets order)."""
+    """The parts of a rendered DatasetBrowser (its VBox's children, in cqia_nb.ui.browser order)."""
 
     root: Any
 
@@ -267,7 +272,7 @@ def _widget_frame() -> pl.DataFrame:
 
 
 WIDGETS_NOTEBOOK = [
-    "import json\n\nimport polars as pl\n\nfrom cqia_nb import review, tuner\n\n"
+    "import json\n\nimport polars as pl\n\nfrom cqia_nb.ui import review, tuner\n\n"
     "frame = pl.read_parquet('widgets_frame.parquet')\n"
     "STEP = json.load(open('widgets_step.json', encoding='utf-8'))\n"
     "measures = {STEP: frame.select('record_id', pl.col('output').str.len_chars().cast(pl.Float64).alias('value'))}",
@@ -365,7 +370,7 @@ def test_review_queue_in_browser(widgets_notebook: OpenNotebook, lab_root: Path)
     expect(progress).to_contain_text("3 decided (1 keep, 1 drop, 1 edit)", timeout=TIMEOUT_MS)
 
     # The decisions are in the saved log, in order, with the browser's text byte for byte.
-    entries = review.read_log(log)
+    entries = read_log(log)
     assert [(e["record_id"], e["decision"]) for e in entries] == [(ids[0], "drop"), (ids[1], "keep"), (ids[2], "edit")]
     assert entries[1]["note"] == NOTE
     assert entries[2]["edited_output"] == EDITED

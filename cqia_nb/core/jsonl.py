@@ -1,0 +1,106 @@
+"""Append-only JSON Lines logs: atomic appends under an advisory lock, and a reader that skips
+(and names) lines it cannot read. The review decisions, pairwise votes and results store use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+
+class LogLineWarning(UserWarning):
+    """A line of an append-only log could not be read and was skipped (the file is left as it is)."""
+
+
+def read_log(path: str | Path, parse_line: Callable[[bytes], tuple[dict[str, Any] | None, str]],
+             what: str, warn: bool = True) -> list[dict[str, Any]]:
+    """Every readable entry of a log, in file order, each with its 1-based ``line``.
+
+    ``parse_line`` turns a line's bytes into ``(entry, "")`` or ``(None, why)``; ``what`` names an
+    entry in warnings. Unreadable lines are skipped with a :class:`LogLineWarning`
+    ("<file>:<line>: ..."). A missing file is an empty log.
+    """
+    parse = parse_line
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return []
+    out: list[dict[str, Any]] = []
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        entry, why = parse(raw)
+        if entry is None:
+            if warn:
+                torn = i == len(lines) and not data.endswith(b"\n")
+                warnings.warn(f"{p}:{i}: skipping unreadable {what}{' (torn last line)' if torn else ''}: "
+                              f"{why}; the line is left in the file as it is", LogLineWarning, stacklevel=3)
+            continue
+        entry["line"] = i
+        out.append(entry)
+    return out
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory lock; os.replace is still atomic
+        yield
+        return
+    with open(path.with_name(path.name + ".lock"), "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not possible on some platforms (Windows)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def append_lines(path: str | Path, entries: Sequence[dict[str, Any]]) -> None:
+    """Add JSON lines to an append-only log atomically, all or none (temp file + fsync +
+    os.replace, under the log's advisory lock). Shared by the review, pairwise-vote and
+    results logs."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    line = b"".join(json.dumps(e, ensure_ascii=False).encode("utf-8") + b"\n" for e in entries)
+    with locked(p):
+        try:
+            old = p.read_bytes()
+        except FileNotFoundError:
+            old = b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"  # never glue a decision to a torn last line
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(old)
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, p)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    fsync_dir(p.parent)

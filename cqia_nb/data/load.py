@@ -1,0 +1,401 @@
+"""Load, validate and cache COIG-CQIA into one polars DataFrame with a fixed schema.
+
+Sources (``LoadConfig.source``): ``"bundled"`` (the miniature we ship in ``data/``), ``"hub"``
+(``datasets.load_dataset("m-a-p/COIG-CQIA", config)``), or a path to a JSON Lines file or a folder
+in the Hugging Face layout (a clone of m-a-p/COIG-CQIA). ``$CQIA_DATA`` overrides ``"auto"``.
+
+Nothing is dropped silently: every line that is not loaded is one row of ``LoadResult.problems``
+(file, 1-based line, field, message), and ``records_read == loaded + rejected`` always holds.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import pyarrow as pa
+
+from cqia_nb.core.paths import cache_dir, project_root
+from cqia_nb.data.cache import cache_get, cache_put, combined_key, file_sha, read_index, stat_sha, write_index
+from cqia_nb.data.parse import Columns, FileResult, excerpt, parse_jsonl_bytes, validate_record
+from cqia_nb.data.schema import (
+    CONFIGS,
+    DATA_SUFFIXES,
+    FILE_SCHEMA,
+    HUB_REPO,
+    LFS_PREFIX,
+    PROBLEM_SCHEMA,
+    SCHEMA,
+    DataQualityWarning,
+    DataValidationError,
+)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What to load and how strictly.
+
+    source: "auto" ($CQIA_DATA, else "bundled"), "bundled", "hub", or a file/folder path.
+    configs: restrict to these HF configs (None: all found).
+    policy: "collect" reports bad lines in ``problems`` and warns; "strict" raises.
+    """
+
+    source: str = "auto"
+    configs: tuple[str, ...] | None = None
+    policy: Literal["collect", "strict"] = "collect"
+    cache: bool = True
+    cache_dir: str | None = None
+    hub_repo: str = HUB_REPO
+    hub_revision: str | None = None
+    progress: bool = False
+
+
+@dataclass
+class LoadResult:
+    """The loaded frame plus the full account of what was read."""
+
+    frame: pl.DataFrame
+    problems: pl.DataFrame
+    files: pl.DataFrame
+    source: str
+    root: Path | None = None
+    from_cache: bool = False
+
+    @property
+    def records_read(self) -> int:
+        return int(self.files["records_read"].sum())
+
+    @property
+    def n_loaded(self) -> int:
+        return self.frame.height
+
+    @property
+    def n_rejected(self) -> int:
+        return int(self.files["rejected"].sum())
+
+    def reconciles(self) -> bool:
+        """True when every record read is either loaded or reported."""
+        return self.records_read == self.n_loaded + self.n_rejected
+
+    def summary(self) -> str:
+        ok = (self.files["status"] == "ok").sum()
+        return (f"{self.n_loaded:,} records loaded from {ok} data files; "
+                f"{self.n_rejected:,} rejected, {self.problems.height:,} problems "
+                f"({self.records_read:,} records read)")
+
+
+def bundled_path() -> Path:
+    """The miniature dataset written by this project, in the HF layout."""
+    return project_root() / "data" / "coig-cqia-mini"
+
+
+def resolve_source(source: str = "auto") -> str:
+    """Turn "auto" into a concrete source using ``$CQIA_DATA`` (default "bundled")."""
+    if source == "auto":
+        source = os.environ.get("CQIA_DATA", "").strip() or "bundled"
+    return source
+
+
+def data_cache_dir(config: LoadConfig | None = None) -> Path:
+    """Where parsed data is cached: ``LoadConfig.cache_dir``, else :func:`cqia_nb.core.paths.cache_dir`."""
+    return cache_dir(config.cache_dir if config is not None else None)
+
+
+def read_card_configs(root: Path) -> dict[str, list[str]]:
+    """The ``configs:`` block of a dataset card: config name -> data_files globs.
+
+    Entries without data_files (the real card lists "finance" twice, once empty) are skipped.
+    """
+    readme = root / "README.md"
+    if not readme.is_file():
+        return {}
+    text = readme.read_text(encoding="utf-8", errors="replace")
+    m = re.match(r"^---\s*\n(.*?)\n---\s*\n", text, re.S)
+    if not m:
+        return {}
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        meta = yaml.load(m.group(1), Loader=loader) or {}
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, list[str]] = {}
+    for entry in meta.get("configs") or []:
+        if not isinstance(entry, dict) or not entry.get("data_files"):
+            continue
+        name = str(entry.get("config_name"))
+        files = entry["data_files"]
+        globs: list[str] = []
+        for item in files if isinstance(files, list) else [files]:
+            if isinstance(item, str):
+                globs.append(item)
+            elif isinstance(item, dict):
+                paths = item.get("path")
+                globs.extend([paths] if isinstance(paths, str) else list(paths or []))
+        out.setdefault(name, []).extend(globs)
+    return out
+
+
+def discover_files(root: Path) -> list[tuple[str, Path]]:
+    """(config, file) pairs of a folder in the Hugging Face layout, sorted by relative path.
+
+    Uses the card's ``configs:`` globs when present, else one config per top-level folder.
+    Every regular file under a config folder is returned (not only .jsonl) so that nothing is
+    skipped without a word: the loader reports unsupported files. JSON Lines files that no
+    config claims come back with config "" (the loader reports them, and reads none).
+    """
+    if root.is_file():
+        return [(root.parent.name, root)]
+    card = read_card_configs(root)
+    rels = {p: p.relative_to(root).as_posix()
+            for p in sorted(root.rglob("*")) if p.is_file() and not _hidden(p, root)}
+    pairs: dict[Path, str] = {}
+    if card:
+        for config, globs in card.items():
+            for p, rel in rels.items():
+                if p not in pairs and any(fnmatch.fnmatchcase(rel, g) for g in globs):
+                    pairs[p] = config
+        for p, rel in rels.items():
+            if p not in pairs and p.suffix == ".jsonl":
+                pairs[p] = ""
+    else:
+        for p, rel in rels.items():
+            if "/" in rel:
+                pairs[p] = rel.split("/", 1)[0]
+            elif p.suffix == ".jsonl":
+                pairs[p] = p.stem
+    return sorted(((c, p) for p, c in pairs.items()), key=lambda cp: rels[cp[1]])
+
+
+def _hidden(p: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in p.relative_to(root).parts)
+
+
+def _empty(schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    return pl.DataFrame(schema=schema)
+
+
+def _with_provenance(body: pa.Table, rels: list[str], configs: list[str], counts: list[int]) -> pa.Table:
+    """Add config / source_file / record_id to bodies concatenated in ``rels`` order (in Arrow)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    idx = pa.array(np.repeat(np.arange(len(rels), dtype=np.int32), counts))
+    source = pa.DictionaryArray.from_arrays(idx, pa.array(rels, pa.large_string())).cast(pa.large_string())
+    config = pa.DictionaryArray.from_arrays(idx, pa.array(configs, pa.large_string())).cast(pa.large_string())
+    line = body.column("line")
+    record_id = pc.binary_join_element_wise(source, pc.cast(line, pa.large_string()), pa.scalar(":", pa.large_string()))
+    cols = {"record_id": record_id, "config": config, "source_file": source}
+    return pa.table([cols[c] if c in cols else body.column(c) for c in SCHEMA], names=list(SCHEMA))
+
+
+def load_path(path: str | Path, config: LoadConfig = LoadConfig()) -> LoadResult:
+    """Load a JSONL file or a folder in the Hugging Face layout."""
+    return _report(_load_path(path, config), config)
+
+
+def _load_path(path: str | Path, config: LoadConfig) -> LoadResult:
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(
+            f"{root}: no such file or folder. Point the loader at a clone of {HUB_REPO} "
+            "(e.g. ../shared/coig-cqia), a .jsonl file, or use source='bundled'.")
+    base = root if root.is_dir() else root.parent
+    pairs = discover_files(root)
+    if config.configs:
+        unknown = sorted(set(config.configs) - {c for c, _ in pairs})
+        if unknown:
+            found = sorted({c for c, _ in pairs})
+            raise ValueError(f"{root}: no data for config(s) {unknown}; configs found: {found}")
+        pairs = [(c, p) for c, p in pairs if c in config.configs]
+    if not pairs:
+        raise ValueError(f"{root}: no data files found; expected <config>/*.jsonl as in {HUB_REPO}")
+
+    cdir = data_cache_dir(config)
+    index = read_index(cdir) if config.cache else {}
+    rels = [(c, p, p.relative_to(base).as_posix()) for c, p in pairs]
+
+    # Warm path: every file known to the stat index -> one combined key -> memory-mapped frames.
+    if config.cache:
+        shas = [stat_sha(p, index) for _, p, _ in rels]
+        if all(shas):
+            key = combined_key((rel, c, s) for (c, _, rel), s in zip(rels, shas))  # type: ignore[misc]
+            hit = cache_get(cdir, key)
+            if hit is not None:
+                return LoadResult(*hit, source=str(root), root=base, from_cache=True)
+
+    raws: list[bytes] = []
+    keyparts = []
+    for c, p, rel in rels:
+        raw = p.read_bytes()
+        raws.append(raw)
+        sha = file_sha(p, raw, index) if config.cache else hashlib.sha256(raw).hexdigest()
+        keyparts.append((rel, c, sha))
+    key = combined_key(keyparts)
+    if config.cache:
+        # Same content under a new mtime (a fresh clone, say): still a hit once hashed.
+        hit = cache_get(cdir, key)
+        if hit is not None:
+            write_index(cdir, index)
+            return LoadResult(*hit, source=str(root), root=base, from_cache=True)
+
+    frames, problems, files = [], [], []
+    it = list(zip(rels, raws, keyparts))
+    if config.progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="parsing", unit="file")
+    for (c, p, rel), raw, (_, _, sha) in it:
+        if not c and not raw.startswith(LFS_PREFIX):
+            res = FileResult(table=Columns().table(), status="outside-configs")
+            res.problems.append((1, "-", "no config of the card's `configs:` block includes this file, so it "
+                                         "was not read (it may repeat other files); load it on its own with "
+                                         "source=<this file> if you want it", ""))
+        elif p.suffix not in DATA_SUFFIXES and not raw.startswith(LFS_PREFIX):
+            res = FileResult(table=Columns().table(), status="unsupported")
+            res.problems.append((1, "-", f"not a JSON Lines file ({p.suffix or 'no suffix'}): "
+                                         "convert it to .jsonl or move it out of the config folder", ""))
+        else:
+            res = parse_jsonl_bytes(raw)
+        frames.append(res.table)
+        problems.extend((rel, ln, f, m, x) for ln, f, m, x in res.problems)
+        files.append((rel, c, res.status, len(raw), res.records_read, res.table.num_rows, res.rejected, sha))
+
+    table = _with_provenance(pa.concat_tables(frames), [f[0] for f in files],
+                             [f[1] for f in files], [f[5] for f in files])
+    prob = pl.DataFrame(problems, schema=PROBLEM_SCHEMA, orient="row") if problems else _empty(PROBLEM_SCHEMA)
+    fdf = pl.DataFrame(files, schema=FILE_SCHEMA, orient="row")
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    if config.cache:
+        try:
+            cache_put(cdir, key, (table, prob.to_arrow(), fdf.to_arrow()))
+            write_index(cdir, index)
+        except OSError as e:  # a read-only cache must not stop the load
+            warnings.warn(f"could not write the cache in {cdir}: {e}; set CQIA_CACHE_DIR to a writable folder",
+                          stacklevel=2)
+    return LoadResult(frame, prob, fdf, source=str(root), root=base)
+
+
+def _report(result: LoadResult, config: LoadConfig) -> LoadResult:
+    """Apply the error policy; called by the public entry points so warnings name the caller."""
+    if result.problems.height:
+        if config.policy == "strict":
+            raise DataValidationError(
+                f"{result.problems.height} problem(s) in {result.source}:\n"
+                + format_problems(result.problems, limit=20)
+                + "\nFix them, or load with policy='collect' to get the good records and a report.",
+                result.problems)
+        files = result.problems["file"].n_unique()
+        warnings.warn(f"{result.problems.height} problem(s) in {files} file(s) of {result.source} "
+                      f"({result.n_rejected} record(s) not loaded): see LoadResult.problems "
+                      "or run `cqia-nb validate`", DataQualityWarning, stacklevel=3)
+    return result
+
+
+def format_problems(problems: pl.DataFrame, limit: int | None = None) -> str:
+    """``FILE:LINE: FIELD: message`` lines, one per problem."""
+    rows = problems.head(limit) if limit else problems
+    lines = [f"{r['file']}:{r['line']}: {r['field']}: {r['message']}" for r in rows.iter_rows(named=True)]
+    if limit and problems.height > limit:
+        lines.append(f"... and {problems.height - limit} more")
+    return "\n".join(lines)
+
+
+def hub_load_kwargs(config: str, repo: str = HUB_REPO, revision: str | None = None) -> dict[str, Any]:
+    """Arguments for ``datasets.load_dataset`` for one config; validates the name first."""
+    if config not in CONFIGS:
+        raise ValueError(f"unknown COIG-CQIA config {config!r}; choose from: {', '.join(CONFIGS)}")
+    kwargs: dict[str, Any] = {"path": repo, "name": config, "split": "train"}
+    if revision:
+        kwargs["revision"] = revision
+    return kwargs
+
+
+def load_hub(config: LoadConfig = LoadConfig(source="hub")) -> LoadResult:
+    """Load configs from the Hugging Face hub (needs internet), validated like local files."""
+    return _report(_load_hub(config), config)
+
+
+def _load_hub(config: LoadConfig) -> LoadResult:
+    import datasets
+
+    names = config.configs or CONFIGS
+    kwargs = [hub_load_kwargs(n, config.hub_repo, config.hub_revision) for n in names]
+    frames, problems, files = [], [], []
+    for kw in kwargs:
+        try:
+            ds = datasets.load_dataset(**kw)
+        except Exception as e:
+            raise RuntimeError(
+                f"could not load {kw['path']} config {kw['name']!r} from the hub ({type(e).__name__}: {e}); "
+                "check your connection or clone the dataset and pass its folder as source") from e
+        rel = f"hub:{kw['path']}/{kw['name']}"
+        cols, rejected = Columns(), 0
+        n = 0
+        for i, rec in enumerate(ds, start=1):
+            n += 1
+            bad = validate_record(rec)
+            if bad:
+                rejected += 1
+                problems.extend((rel, i, f, m, excerpt(json.dumps(rec, ensure_ascii=False, default=str)))
+                                for f, m in bad)
+            else:
+                cols.add(i, rec)
+        body = cols.table()
+        fr = pl.from_arrow(_with_provenance(body, [rel], [kw["name"]], [body.num_rows]))
+        assert isinstance(fr, pl.DataFrame)
+        frames.append(fr)
+        files.append((rel, kw["name"], "ok", 0, n, fr.height, rejected, getattr(ds, "_fingerprint", "") or ""))
+    frame = pl.concat(frames) if frames else _empty(SCHEMA)
+    prob = pl.DataFrame(problems, schema=PROBLEM_SCHEMA, orient="row") if problems else _empty(PROBLEM_SCHEMA)
+    return LoadResult(frame, prob, pl.DataFrame(files, schema=FILE_SCHEMA, orient="row"),
+                              source=f"hub:{config.hub_repo}")
+
+
+def load(config: LoadConfig | None = None, **overrides: Any) -> LoadResult:
+    """Load COIG-CQIA from the configured source. ``load(source="../shared/coig-cqia")`` works too."""
+    config = config or LoadConfig()
+    if overrides:
+        config = LoadConfig(**{**config.__dict__, **overrides})
+    source = resolve_source(config.source)
+    if source == "hub":
+        return _report(_load_hub(config), config)
+    path = bundled_path() if source == "bundled" else Path(source)
+    return _report(_load_path(path, config), config)
+
+
+def config_counts(frame: pl.DataFrame, files: pl.DataFrame | None = None) -> pl.DataFrame:
+    """Per-config counts: files, records, human-verified share, answers by origin.
+
+    With ``files`` (``LoadResult.files``) every config that has a file shows, even when none of
+    its files held loadable records (LFS pointers only, say), and files not loaded are counted.
+    """
+    stats = (
+        frame.group_by("config")
+        .agg(
+            pl.len().cast(pl.Int64).alias("records"),
+            pl.col("human_verified").mean().round(3).alias("human_verified_share"),
+            (pl.col("answer_from") == "human").sum().cast(pl.Int64).alias("answer_human"),
+            (pl.col("answer_from") == "llm").sum().cast(pl.Int64).alias("answer_llm"),
+            (pl.col("answer_from") == "expert").sum().cast(pl.Int64).alias("answer_expert"),
+            pl.col("output").str.len_chars().median().alias("median_output_chars"),
+        )
+    )
+    if files is None:
+        per_file = frame.group_by("config").agg(pl.col("source_file").n_unique().cast(pl.Int64).alias("files"))
+    else:
+        per_file = (files.filter(pl.col("config") != "").group_by("config").agg(
+            pl.len().cast(pl.Int64).alias("files"),
+            (pl.col("status") != "ok").sum().cast(pl.Int64).alias("files_not_loaded")))
+    return (per_file.join(stats, on="config", how="left")
+            .with_columns(pl.col("records").fill_null(0)).sort("config"))

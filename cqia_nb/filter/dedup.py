@@ -1,0 +1,390 @@
+"""Deduplication: exact (normalised text) and near (MinHash-LSH over character n-grams).
+
+Both methods return a :class:`DedupResult` whose ``clusters`` frame has one row per input
+record (``CLUSTER_SCHEMA``: record_id, cluster_id, cluster_size, survivor, duplicate_of,
+similarity, text_hash), and both are registered as pipeline filters: ``exact_dedup`` and
+``near_dedup`` (they see the frame that earlier steps kept, drop every non-survivor, measure its
+similarity to the survivor and explain the drop as ``duplicate_of=<record_id>``).
+
+Text of a record
+    The ``fields`` (default instruction, input, output; nulls read as "") are each normalised and
+    joined with U+001F (a control character that normalisation never produces, so text cannot
+    move between fields unnoticed). Normalisation (``normalize=True``, the default), in order:
+    Unicode NFKC (full-width letters, digits, punctuation and the ideographic space become their
+    ASCII forms), lowercase, then every run of whitespace and/or Unicode punctuation (categories
+    P*: ``，。、！？“”「」…`` and ASCII ``.,!?"'()``...) is collapsed to nothing: Chinese does not
+    separate words by spaces, so a stray space, a full-width instead of a half-width comma or a
+    dropped full stop must not make two texts different (``"你好， 世界！"`` and ``"你好世界"`` are
+    the same text; in Latin script ``"a b"`` and ``"ab"`` are too, a negligible cost). Symbols
+    (``+ = ~ ¥``, emoji) are content and stay. A record whose normalised
+    text is empty is never a duplicate (it is a singleton: length filters deal with it).
+
+Exact duplicates
+    Records with the same normalised text (grouped by the text itself with polars, so there are
+    no hash collisions); ``text_hash`` is a stable BLAKE2b-64 of it, for display and joins.
+
+Near duplicates (:class:`MinHashConfig`)
+    Shingles are the character n-grams of the text (``ngram``, default 5; Chinese has no word
+    spaces); a non-empty text shorter than ``ngram`` is one shingle, itself. Each shingle gets a
+    32-bit hash: ``shingle_hash="sha1"`` (default) is datasketch's ``sha1_hash32`` (first four
+    bytes of the SHA-1 of the UTF-8 shingle, little-endian), computed for all shingles at once by
+    a SHA-1 written in numpy; ``"fast"`` (the polynomial window hash of ``cqia_nb.core.hashing``
+    over the code points + the MurmurHash3 64-bit finaliser, high 32 bits) is faster but, being a different
+    hash, agrees with datasketch only statistically: pairs near the threshold come and go with
+    sampling noise, as they do between two seeds of the same method.
+    The signature is datasketch's default ``affine32`` scheme, so the default reproduces
+    ``datasketch.MinHash(num_perm, seed)`` bit for bit: h' = fmix32(h), then for each of
+    ``num_perm`` permutations ``a_k*h' + b_k mod 2**32`` (a_k odd; a, b drawn from
+    ``numpy.random.RandomState(seed)`` the way datasketch does) and the minimum per record
+    (one (num_perm x shingles) matrix operation per block of records, ``np.minimum.reduceat``).
+    LSH: the first ``bands * rows`` signature columns are cut into ``bands`` bands of ``rows``;
+    records whose band is identical in any band are candidates. ``bands``/``rows`` default to
+    datasketch's optimum for ``threshold`` (minimising the weighted false-positive and
+    false-negative areas; 0.8 / 128 -> 9 bands x 13 rows). Candidates are verified:
+    ``verify="signature"`` keeps pairs whose estimated Jaccard (share of the ``num_perm``
+    signature values that agree) is >= threshold; ``verify="exact"`` uses the exact Jaccard of
+    the two shingle sets (64-bit shingle fingerprints) instead. Clusters are the connected
+    components of the verified pairs (union-find), so a member can be less similar to the
+    survivor than the threshold through a chain; its ``similarity`` says so. Identical texts are
+    signed once. Everything is integer arithmetic on fixed seeds: identical results in every
+    process (no use of Python's salted ``hash()``).
+
+Survivor (``keep``; the filters call it ``survivor`` because ``keep`` is the filter's method)
+    ``"first"``: the earliest record in dataset order; ``"longest_output"``: most characters in
+    ``output``; ``"human_verified_then_longest"``: human-verified records first, then the longest
+    output. Ties always go to dataset order: (source_file, line) when the frame has them, else
+    record_id, so the result does not depend on the frame's row order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+import polars as pl
+
+from cqia_nb.core.text import normalize_expr
+from cqia_nb.filter.framework import Filter, register
+from cqia_nb.filter.minhash import FIELD_SEP, MinHashConfig, connected_components, similar_texts
+
+#: dedup compares text with whitespace and punctuation removed (``cqia_nb.core.text.normalize_expr``)
+DEDUP_SEPARATOR = ""
+DEFAULT_FIELDS: tuple[str, ...] = ("instruction", "input", "output")
+KEEP_RULES: tuple[str, ...] = ("first", "longest_output", "human_verified_then_longest")
+#: One row per input record, in the input's row order.
+CLUSTER_SCHEMA: dict[str, pl.DataType] = {
+    "record_id": pl.String,
+    "cluster_id": pl.Int64,      # 0.. numbered by each cluster's earliest record (dataset order)
+    "cluster_size": pl.Int64,    # 1 for a record with no duplicate
+    "survivor": pl.Boolean,      # the one record of its cluster that is kept
+    "duplicate_of": pl.String,   # record_id of the survivor (null for survivors)
+    "similarity": pl.Float64,    # to the survivor (1.0 exact; null for survivors)
+    "text_hash": pl.String,      # BLAKE2b-64 (hex) of the normalised text
+}
+PAIR_SCHEMA: dict[str, pl.DataType] = {"record_a": pl.String, "record_b": pl.String,
+                                       "similarity": pl.Float64}
+
+
+
+
+
+
+def _check_fields(frame: pl.DataFrame, fields: Sequence[str]) -> tuple[str, ...]:
+    fields = (fields,) if isinstance(fields, str) else tuple(fields)
+    if not fields:
+        raise ValueError("fields: name at least one text column (e.g. instruction, input, output)")
+    missing = [f for f in fields if f not in frame.columns]
+    if missing:
+        raise ValueError(f"fields {missing} are not columns of the frame; it has {frame.columns}")
+    bad = [f for f in fields if frame.schema[f] not in (pl.String, pl.Null)]
+    if bad:
+        raise ValueError(f"fields {bad} are not text columns ({[str(frame.schema[f]) for f in bad]})")
+    return fields
+
+
+def text_keys(frame: pl.DataFrame, fields: Sequence[str] = DEFAULT_FIELDS,
+              normalize: bool = True) -> pl.Series:
+    """The text each record is compared by: its fields, normalised, joined with U+001F."""
+    fields = _check_fields(frame, fields)
+    exprs = [normalize_expr(pl.col(f), DEDUP_SEPARATOR) if normalize else pl.col(f).cast(pl.String).fill_null("")
+             for f in fields]
+    return frame.select(pl.concat_str(exprs, separator=FIELD_SEP).alias("text")).to_series()
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+@dataclass
+class DedupResult:
+    """Clusters (one row per input record, ``CLUSTER_SCHEMA``), the verified pairs (edges of
+    the similarity graph, by record_id; for copies of one text, one edge from each copy to its
+    first copy), and the parameters and counts of the run."""
+
+    clusters: pl.DataFrame
+    pairs: pl.DataFrame
+    method: Literal["exact", "near"]
+    keep: str
+    fields: tuple[str, ...]
+    config: MinHashConfig | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duplicates(self) -> pl.DataFrame:
+        """Only records in clusters of two or more, survivors first within each cluster."""
+        return (self.clusters.filter(pl.col("cluster_size") > 1)
+                .sort(["cluster_id", "survivor"], descending=[False, True], maintain_order=True))
+
+    @property
+    def n_clusters(self) -> int:
+        """Clusters with at least one duplicate."""
+        return self.clusters.filter(pl.col("cluster_size") > 1)["cluster_id"].n_unique()
+
+    @property
+    def n_removed(self) -> int:
+        return int((~self.clusters["survivor"]).sum())
+
+    def summary(self) -> str:
+        params = f", {self.config.resolved()}" if self.config is not None else ""
+        return (f"{self.method} dedup of {self.clusters.height:,} records on {'+'.join(self.fields)}: "
+                f"{self.n_clusters:,} duplicate clusters, {self.n_removed:,} records removed "
+                f"(survivor rule {self.keep!r}{params}; {self.stats.get('seconds', 0):.2f} s)")
+
+    def examples(self, frame: pl.DataFrame, n: int = 5, width: int = 60,
+                 columns: Sequence[str] = ("instruction", "output")) -> pl.DataFrame:
+        """The ``n`` largest duplicate clusters with a text preview, for notebooks."""
+        top = (self.duplicates.group_by("cluster_id").agg(pl.len().alias("k"))
+               .sort(["k", "cluster_id"], descending=[True, False]).head(n)["cluster_id"])
+        dup = self.duplicates.filter(pl.col("cluster_id").is_in(top.implode()))
+        cols = [c for c in columns if c in frame.columns]
+        preview = frame.select("record_id", *[
+            pl.col(c).cast(pl.String).str.replace_all(r"\s+", " ").str.slice(0, width).alias(c) for c in cols])
+        return dup.join(preview, on="record_id", how="left").sort(
+            ["cluster_size", "cluster_id", "survivor"], descending=[True, False, True], maintain_order=True)
+
+
+def _check_keep(keep: str) -> None:
+    if keep not in KEEP_RULES:
+        raise ValueError(f"survivor rule must be one of {KEEP_RULES}, got {keep!r}")
+
+
+def _base(frame: pl.DataFrame, fields: Sequence[str], normalize: bool) -> tuple[pl.DataFrame, list[str]]:
+    """Per record: _row, record_id, _order (dataset order), _out_len, _hv, _tid (text id; -1 for
+    an empty text), text_hash; and the distinct non-empty texts in order of first appearance."""
+    fields = _check_fields(frame, fields)
+    n = frame.height
+    cols: list[pl.Expr | pl.Series] = [pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")]
+    if "record_id" in frame.columns:
+        cols.append(pl.col("record_id").cast(pl.String))
+    else:
+        cols.append(pl.format("row:{}", pl.int_range(pl.len())).alias("record_id"))
+    cols.append(pl.col("output").cast(pl.String).str.len_chars().fill_null(0).cast(pl.Int64).alias("_out_len")
+                if "output" in frame.columns else pl.lit(0, dtype=pl.Int64).alias("_out_len"))
+    cols.append(pl.col("human_verified").cast(pl.Boolean).fill_null(False).alias("_hv")
+                if "human_verified" in frame.columns else pl.lit(False).alias("_hv"))
+    order_by = ["source_file", "line"] if {"source_file", "line"} <= set(frame.columns) else []
+    base = frame.select(*cols, *[pl.col(c) for c in order_by], text_keys(frame, fields, normalize))
+    if base["record_id"].null_count() or base["record_id"].n_unique() != n:
+        raise ValueError("record_id must be unique and non-null to deduplicate "
+                         "(the loader's frame is; a frame without record_id gets row numbers)")
+    base = (base.sort([*order_by, "record_id"], nulls_last=True, maintain_order=True)
+            .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_order"))
+            .drop(order_by))
+    empty = pl.col("text").str.len_chars() == len(fields) - 1  # only the separators left
+    base = base.with_columns(empty.alias("_empty"))
+    firsts = (base.filter(~pl.col("_empty")).unique("text", keep="first", maintain_order=True)
+              .select("text", pl.int_range(pl.len(), dtype=pl.Int64).alias("_tid")))
+    base = base.join(firsts, on="text", how="left").with_columns(pl.col("_tid").fill_null(-1))
+    texts = firsts["text"].to_list()
+    hashes = pl.Series("text_hash", [_text_hash(t) for t in texts], dtype=pl.String)
+    th = firsts.select("_tid").with_columns(hashes)
+    base = (base.join(th, on="_tid", how="left")
+            .with_columns(pl.when(pl.col("_empty")).then(pl.lit(_text_hash(FIELD_SEP * (len(fields) - 1))))
+                          .otherwise(pl.col("text_hash")).alias("text_hash"))
+            .drop("text").sort("_row"))
+    return base, texts
+
+
+def _assemble(base: pl.DataFrame, comp: np.ndarray, keep: str, simfn: Any) -> pl.DataFrame:
+    """Clusters frame from component labels (one per row of ``base``, in _row order)."""
+    _check_keep(keep)
+    b = base.with_columns(pl.Series("_comp", comp, dtype=pl.Int64))
+    keys, desc = {"first": (["_order"], [False]),
+                  "longest_output": (["_out_len", "_order"], [True, False]),
+                  "human_verified_then_longest": (["_hv", "_out_len", "_order"], [True, True, False])}[keep]
+    surv = (b.sort(["_comp", *keys], descending=[False, *desc])
+            .group_by("_comp", maintain_order=True)
+            .agg(pl.col("_row").first().alias("_srow"), pl.col("record_id").first().alias("_sid"),
+                 pl.col("_tid").first().alias("_stid"), pl.col("_order").min().alias("_first"),
+                 pl.len().cast(pl.Int64).alias("cluster_size"))
+            .sort("_first").with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("cluster_id")))
+    b = b.join(surv, on="_comp", how="left").sort("_row")
+    is_surv = (b["_row"] == b["_srow"]).to_numpy()
+    tid, stid = b["_tid"].to_numpy(), b["_stid"].to_numpy()
+    sim = np.full(b.height, np.nan)
+    dup = np.flatnonzero(~is_surv)
+    same = tid[dup] == stid[dup]
+    sim[dup[same]] = 1.0
+    other = dup[~same]
+    if other.size:
+        sim[other] = simfn(tid[other], stid[other])
+    return b.select(
+        "record_id", "cluster_id", "cluster_size",
+        pl.Series("survivor", is_surv, dtype=pl.Boolean),
+        pl.when(pl.Series(is_surv)).then(None).otherwise(pl.col("_sid")).alias("duplicate_of"),
+        pl.Series("similarity", sim, dtype=pl.Float64).fill_nan(None),
+        "text_hash",
+    ).cast(CLUSTER_SCHEMA)  # type: ignore[arg-type]
+
+
+def _copy_pairs(base: pl.DataFrame) -> pl.DataFrame:
+    """Edges from each later copy of a text to its first copy (similarity 1.0)."""
+    nonempty = base.filter(pl.col("_tid") >= 0)
+    first = (nonempty.sort("_order").group_by("_tid", maintain_order=True)
+             .agg(pl.col("record_id").first().alias("record_a")))
+    return (nonempty.join(first, on="_tid").filter(pl.col("record_id") != pl.col("record_a"))
+            .sort("_order").select("record_a", pl.col("record_id").alias("record_b"),
+                                   pl.lit(1.0).alias("similarity")).cast(PAIR_SCHEMA))  # type: ignore[arg-type]
+
+
+def _components_from_texts(base: pl.DataFrame, n_texts: int, ti: np.ndarray, tj: np.ndarray) -> np.ndarray:
+    """Record components: records share one when their texts are connected; empties alone."""
+    tcomp = connected_components(n_texts, ti, tj)
+    tid = base["_tid"].to_numpy()
+    rows = base["_row"].to_numpy()
+    # offset text labels past the row numbers so an empty record's own label never collides
+    lab = rows.astype(np.int64).copy()
+    has = tid >= 0
+    lab[has] = tcomp[tid[has]] + base.height
+    return lab
+
+
+def exact_duplicates(frame: pl.DataFrame, fields: Sequence[str] = DEFAULT_FIELDS, keep: str = "first",
+                     normalize: bool = True) -> DedupResult:
+    """Clusters of records with the same normalised text (see the module docstring)."""
+    _check_keep(keep)
+    t0 = time.perf_counter()
+    base, texts = _base(frame, fields, normalize)
+    none = np.empty(0, np.int64)
+    comp = _components_from_texts(base, len(texts), none, none)
+    clusters = _assemble(base, comp, keep, lambda i, j: np.ones(len(i)))
+    stats = {"records": frame.height, "distinct_texts": len(texts),
+             "empty_texts": int((base["_tid"] < 0).sum()), "seconds": time.perf_counter() - t0}
+    return DedupResult(clusters, _copy_pairs(base), "exact", keep, _check_fields(frame, fields), None, stats)
+
+
+def near_duplicates(frame: pl.DataFrame, config: MinHashConfig | None = None,
+                    fields: Sequence[str] = DEFAULT_FIELDS, keep: str = "first",
+                    normalize: bool = True) -> DedupResult:
+    """Clusters of near-duplicate records by MinHash-LSH (see the module docstring)."""
+    config = config or MinHashConfig()
+    _check_keep(keep)
+    t0 = time.perf_counter()
+    base, texts = _base(frame, fields, normalize)
+    pairs, sim, stats, simfn = similar_texts(texts, config)
+    comp = _components_from_texts(base, len(texts), pairs[:, 0], pairs[:, 1])
+    clusters = _assemble(base, comp, keep, simfn)
+    rep = (base.filter(pl.col("_tid") >= 0).sort("_order").unique("_tid", keep="first", maintain_order=True)
+           .sort("_tid")["record_id"])
+    text_pairs = pl.DataFrame({"record_a": rep.gather(pairs[:, 0]), "record_b": rep.gather(pairs[:, 1]),
+                               "similarity": sim}, schema=PAIR_SCHEMA)
+    all_pairs = pl.concat([_copy_pairs(base), text_pairs])
+    stats = {"records": frame.height, "distinct_texts": len(texts),
+             "empty_texts": int((base["_tid"] < 0).sum()), **stats, "seconds": time.perf_counter() - t0}
+    return DedupResult(clusters, all_pairs, "near", keep, _check_fields(frame, fields), config, stats)
+
+
+class _DedupFilter(Filter):
+    """Shared behaviour: measure = similarity to the survivor (null for survivors and records
+    without duplicates), keep = no similarity, details = ``duplicate_of=<record_id>``."""
+
+    def _run(self, frame: pl.DataFrame) -> DedupResult:
+        raise NotImplementedError
+
+    def result(self, frame: pl.DataFrame) -> DedupResult:
+        """The DedupResult of this filter on ``frame`` (computed once per frame object)."""
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] is frame:
+            return last[1]
+        res = self._run(frame)
+        self._last = (frame, res)
+        return res
+
+    def required_columns(self) -> tuple[str, ...]:
+        return tuple(self.fields)  # type: ignore[attr-defined]
+
+    def measure(self, frame: pl.DataFrame) -> pl.Series:
+        return self.result(frame).clusters["similarity"].alias("value")
+
+    def keep(self, values: pl.Series) -> pl.Series:
+        return values.is_null()
+
+    def details(self, frame: pl.DataFrame, values: pl.Series) -> pl.Series | None:
+        dup = self.result(frame).clusters["duplicate_of"]
+        return (dup.to_frame("d")
+                .select(pl.when(pl.col("d").is_not_null())
+                        .then(pl.concat_str([pl.lit("duplicate_of="), pl.col("d")])).alias("detail"))
+                .to_series())
+
+
+def _fields_tuple(v: Any) -> tuple[str, ...]:
+    return (v,) if isinstance(v, str) else tuple(v)
+
+
+@register
+@dataclass
+class ExactDedup(_DedupFilter):
+    """Drop all but one record of each group with the same normalised text.
+
+    fields: text columns compared (joined). survivor: "first" | "longest_output" |
+    "human_verified_then_longest" (ties: dataset order). normalize: NFKC, lowercase,
+    whitespace/punctuation runs to one space (False: compare the raw text).
+    """
+
+    name: ClassVar[str] = "exact_dedup"
+    description: ClassVar[str] = "exact duplicates after normalisation (NFKC, lowercase, spaces/punctuation)"
+
+    fields: tuple[str, ...] = DEFAULT_FIELDS
+    survivor: str = "first"
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        self.fields = _fields_tuple(self.fields)
+        _check_keep(self.survivor)
+
+    def _run(self, frame: pl.DataFrame) -> DedupResult:
+        return exact_duplicates(frame, self.fields, self.survivor, self.normalize)
+
+
+@register
+@dataclass
+class NearDedup(_DedupFilter, MinHashConfig):
+    """Drop all but one record of each cluster of near duplicates (MinHash-LSH, char n-grams).
+
+    Parameters: the :class:`MinHashConfig` fields (ngram, num_perm, threshold, bands, rows, seed,
+    weights, verify, shingle_hash; inherited, so defined once), plus fields, survivor and
+    normalize as for ``exact_dedup``.
+    """
+
+    name: ClassVar[str] = "near_dedup"
+    description: ClassVar[str] = "near duplicates: MinHash-LSH over character n-grams, Jaccard >= threshold"
+
+    fields: tuple[str, ...] = DEFAULT_FIELDS
+    survivor: str = "first"
+    normalize: bool = True
+
+    def __post_init__(self) -> None:
+        MinHashConfig.__post_init__(self)  # validates the MinHash parameters
+        self.fields = _fields_tuple(self.fields)
+        _check_keep(self.survivor)
+
+    @property
+    def config(self) -> MinHashConfig:
+        return MinHashConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MinHashConfig)})
+
+    def _run(self, frame: pl.DataFrame) -> DedupResult:
+        return near_duplicates(frame, self.config, self.fields, self.survivor, self.normalize)

@@ -1,0 +1,499 @@
+"""The filter framework: named, configurable filters composed into an audited pipeline.
+
+A filter measures one value per record and decides keep/drop from it. The pipeline applies
+filters in order to what the previous steps kept, and returns the kept frame, a dropped frame
+(every removed record with the step, filter, measured value and detail), and a per-step table.
+``in == kept + dropped`` always holds.
+
+A *transform* is the other kind of step: it rewrites text columns (e.g. traditional ->
+simplified characters) and drops nothing; the steps table records how many records it changed.
+Both kinds register by name with ``@register`` and are used the same way in recipes::
+
+    steps:
+      - filter: traditional      # detect; with `convert: true` it runs as the to_simplified transform
+        convert: true
+      - transform: to_simplified # or name a transform directly
+      - filter: url
+        label: url_in_answer     # optional; step names must be unique (repeats get "#2", "#3")
+        field: output
+
+Filters register themselves by name (``@register``); rule filters live in ``cqia_nb.rules``,
+deduplication in ``cqia_nb.dedup``, model-based scores in ``cqia_nb.quality``.
+
+A bad recipe fails in ``PipelineConfig.build()`` (called first by ``run_pipeline``), before any
+record is touched: unknown step names, unknown parameters, parameters of the wrong type, invalid
+regular expressions, and (in ``run_pipeline``) columns the input lacks. Every message names the
+step. Outputs: ``write_outputs(result, out_dir)`` and ``read_kept(out_dir)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+import types
+import typing
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Union
+
+import polars as pl
+
+FILTERS: dict[str, type["Filter"] | type["Transform"]] = {}
+#: Columns added to every dropped record.
+AUDIT_COLUMNS: dict[str, pl.DataType] = {
+    "step": pl.Int64,        # 1-based position of the step in the recipe
+    "step_name": pl.String,  # the step's label (or its filter name), unique within a recipe
+    "filter": pl.String,     # the registered filter name
+    "value": pl.Float64,     # what the filter measured for this record
+    "detail": pl.String,     # why (matched text, first changed character, ...), may be null
+}
+STEPS_SCHEMA: dict[str, pl.DataType] = {
+    "step": pl.Int64, "name": pl.String, "filter": pl.String, "kind": pl.String,
+    "records_in": pl.Int64, "kept": pl.Int64, "dropped": pl.Int64, "changed": pl.Int64,
+    "seconds": pl.Float64,
+}
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a filter found: one value per record, keep/drop, and an optional detail string."""
+
+    value: pl.Series                # Float64; null where the measure does not apply
+    keep: pl.Series                 # Boolean, no nulls
+    detail: pl.Series | None = None  # Utf8 (matched text, duplicate_of, judge reason …)
+
+
+@dataclass(frozen=True)
+class Rewritten:
+    """What a transform did: the rewritten frame and which records it changed."""
+
+    frame: pl.DataFrame
+    changed: pl.Series               # Boolean, no nulls
+    value: pl.Series | None = None   # Float64, e.g. the share of characters changed
+    detail: pl.Series | None = None  # Utf8, e.g. the first change "們→们"
+
+
+class _Step:
+    """What filters and transforms share: parameters and the columns they read."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    kind: ClassVar[str] = "filter"
+
+    def params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    def required_columns(self) -> tuple[str, ...]:
+        """Columns the step reads; checked against the input before any step runs."""
+        return ()
+
+
+@dataclass
+class Filter(_Step, ABC):
+    """Base class. Subclasses are dataclasses whose fields are the documented parameters."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: "value <= threshold keeps" style hint for plots and the threshold tuner
+    threshold_fields: ClassVar[tuple[str, ...]] = ()
+    kind: ClassVar[str] = "filter"
+    #: True when ``details(frame, values)`` of a record depends on that record alone, so the
+    #: pipeline may ask for the details of the dropped records only (rule filters); leave it
+    #: False when a detail needs the whole frame (``duplicate_of``).
+    details_per_record: ClassVar[bool] = False
+
+    @abstractmethod
+    def measure(self, frame: pl.DataFrame) -> pl.Series:
+        """One Float64 value per record (null where not applicable)."""
+
+    @abstractmethod
+    def keep(self, values: pl.Series) -> pl.Series:
+        """Boolean keep mask from measured values (null values are kept)."""
+
+    def details(self, frame: pl.DataFrame, values: pl.Series) -> pl.Series | None:
+        """Optional per-record explanation (e.g. the matched URL)."""
+        return None
+
+    def apply(self, frame: pl.DataFrame) -> Measured:
+        values = self.measure(frame).cast(pl.Float64)
+        if values.len() != frame.height:
+            raise RuntimeError(f"filter {self.name!r} measured {values.len()} values for {frame.height} records")
+        keep = self.keep(values).fill_null(True).cast(pl.Boolean)
+        return Measured(values, keep, self.details(frame, values))
+
+    def as_step(self) -> "Filter | Transform":
+        """What the pipeline runs for this filter; a filter with a conversion mode (e.g.
+        ``traditional`` with ``convert: true``) returns its transform here."""
+        return self
+
+
+@dataclass
+class Transform(_Step, ABC):
+    """A step that rewrites text columns and drops nothing (records changed are counted)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    kind: ClassVar[str] = "transform"
+
+    @abstractmethod
+    def transform(self, frame: pl.DataFrame) -> Rewritten:
+        """The rewritten frame (same rows, same order, same columns) and the changed mask."""
+
+    def apply(self, frame: pl.DataFrame) -> Rewritten:
+        out = self.transform(frame)
+        if out.frame.height != frame.height or out.frame.columns != frame.columns:
+            raise RuntimeError(f"transform {self.name!r} must keep the rows and columns of its input")
+        return Rewritten(out.frame, out.changed.fill_null(False).cast(pl.Boolean), out.value, out.detail)
+
+    def as_step(self) -> "Filter | Transform":
+        return self
+
+
+def register(cls):
+    """Class decorator: make a filter (or transform) available by its ``name`` in recipes."""
+    if cls.name in FILTERS and FILTERS[cls.name] is not cls:
+        raise ValueError(f"two filters are named {cls.name!r}: {FILTERS[cls.name].__module__} and {cls.__module__}")
+    FILTERS[cls.name] = cls
+    return cls
+
+
+def available_filters() -> dict[str, type[Filter] | type[Transform]]:
+    """Every registered filter and transform, by name. ``cqia_nb.filter`` imports every module that
+    defines one, and Python runs a package's ``__init__`` before any of its modules, so the
+    registry is complete whatever was imported first."""
+    return dict(sorted(FILTERS.items()))
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """(ok, value converted to the hinted type): lists become tuples where a tuple is hinted,
+    ints are accepted for floats; bools are never taken for numbers."""
+    if hint is Any:
+        return True, value
+    if hint is type(None):
+        return value is None, value
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if origin is typing.Literal:
+        return value in typing.get_args(hint), value
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
+        if isinstance(value, str) and args and args[0] is str:
+            value = [value]  # a single pattern / word / domain where a list is expected
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        out = []
+        for item in value:
+            ok, v = _coerce(item, args[0]) if args else (True, item)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, (tuple(out) if origin is tuple else out)
+    if origin is dict:
+        return isinstance(value, dict), value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, (float(value) if ok else value)
+    if hint is str:
+        return isinstance(value, str), value
+    if isinstance(hint, type):
+        return isinstance(value, hint), value
+    return True, value
+
+
+def make_filter(name: str, **params: Any) -> Filter | Transform:
+    """Build a filter from a recipe step; unknown names and parameters get a clear error."""
+    known = available_filters()
+    if not isinstance(name, str) or name not in known:
+        close = [k for k in known if isinstance(name, str) and (name in k or k in name)]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ValueError(f"unknown filter {name!r}{hint}; available: {', '.join(known)}")
+    cls = known[name]
+    fields_ = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - set(fields_))
+    if unknown:
+        raise ValueError(f"filter {name!r} has no parameter(s) {unknown}; its parameters: {sorted(fields_)}")
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation that cannot be resolved: skip type checks, not the step
+        hints = {}
+    checked = {}
+    for k, v in params.items():
+        if k in hints:
+            ok, v2 = _coerce(v, hints[k])
+            if not ok:
+                raise ValueError(f"filter {name!r} parameter {k!r} expects {_type_name(hints[k])}, "
+                                 f"got {v!r} ({type(v).__name__})")
+            v = v2
+        checked[k] = v
+    try:
+        return cls(**checked)
+    except (TypeError, ValueError, re.error) as e:
+        raise ValueError(f"filter {name!r}: {e}") from e
+
+
+@dataclass
+class StepConfig:
+    """One recipe step: a filter name, its parameters, and an optional label."""
+
+    filter: str
+    params: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+    kind: str | None = None  # "transform" when the recipe said `transform: NAME`
+
+    @property
+    def step_name(self) -> str:
+        return self.label or self.filter
+
+
+def _yaml_error_step(text: str, line: int | None) -> str:
+    """'step N' for the recipe line ``line`` (0-based), found by counting `- ` items under steps."""
+    if line is None:
+        return ""
+    n, in_steps = 0, False
+    for i, raw in enumerate(text.splitlines()):
+        if i > line:
+            break
+        if re.match(r"^steps\s*:", raw):
+            in_steps = True
+            continue
+        if in_steps and re.match(r"^\S", raw) and not raw.startswith("#"):
+            in_steps = False
+        if in_steps and re.match(r"^\s*-\s", raw + " "):
+            n += 1
+    return f" (in step {n})" if n else ""
+
+
+@dataclass
+class PipelineConfig:
+    """An ordered list of steps, loadable from a YAML recipe (see ``recipes/``)."""
+
+    steps: list[StepConfig] = field(default_factory=list)
+    name: str = "pipeline"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "PipelineConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: a recipe is a mapping with a `steps:` list, got {type(d).__name__}")
+        raw_steps = d.get("steps")
+        if raw_steps is not None and not isinstance(raw_steps, list):
+            raise ValueError(f"{source}: `steps:` must be a list of `- filter: NAME` items")
+        steps = []
+        for i, raw in enumerate(raw_steps or [], start=1):
+            if not isinstance(raw, dict) or not ("filter" in raw or "transform" in raw):
+                raise ValueError(f"{source}: step {i} needs a 'filter:' key (or 'transform:'), got {raw!r}; "
+                                 "write it as `- filter: NAME` followed by its parameters")
+            raw = dict(raw)
+            if "filter" in raw and "transform" in raw:
+                raise ValueError(f"{source}: step {i} has both 'filter:' and 'transform:'; keep one")
+            kind = "transform" if "transform" in raw else None
+            name = raw.pop("transform") if kind else raw.pop("filter")
+            label = raw.pop("label", None)
+            nested = raw.pop("params", None)
+            if nested is not None:
+                if not isinstance(nested, dict):
+                    raise ValueError(f"{source}: step {i} ({name}): 'params:' must be a mapping")
+                raw = {**nested, **raw}
+            if not isinstance(name, str):
+                raise ValueError(f"{source}: step {i}: the filter name must be a string, got {name!r}")
+            if label is not None and not isinstance(label, str):
+                raise ValueError(f"{source}: step {i} ({name}): 'label:' must be a string, got {label!r}")
+            steps.append(StepConfig(name, raw, label, kind))
+        if not steps:
+            raise ValueError(f"{source}: no steps; a recipe lists `steps:` with one `- filter: NAME` each")
+        return cls(steps=steps, name=str(d.get("name", Path(source).stem)))
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: recipe not found (see recipes/ for examples)")
+        text = p.read_text(encoding="utf-8")
+        try:
+            d = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = mark.line if mark is not None else None
+            where = f" at line {line + 1}" if line is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"{p}: not valid YAML{where}{_yaml_error_step(text, line)}: {problem}; "
+                             "check indentation and quote values containing ':' or '#'") from e
+        return cls.from_dict(d, str(p))
+
+    def step_names(self) -> list[str]:
+        """Unique step names: the label or filter name, repeats suffixed "#2", "#3"."""
+        seen: dict[str, int] = {}
+        out = []
+        for s in self.steps:
+            n = seen.get(s.step_name, 0) + 1
+            seen[s.step_name] = n
+            out.append(s.step_name if n == 1 else f"{s.step_name}#{n}")
+        return out
+
+    def build(self) -> list[tuple[str, Filter | Transform]]:
+        """Instantiate every step up front, so a bad recipe fails before any work."""
+        out, errors = [], []
+        for i, (s, step_name) in enumerate(zip(self.steps, self.step_names()), start=1):
+            try:
+                built = make_filter(s.filter, **s.params).as_step()
+                if s.kind == "transform" and not isinstance(built, Transform):
+                    raise ValueError(f"{s.filter!r} is a filter, not a transform: write `- filter: {s.filter}`")
+                out.append((step_name, built))
+            except ValueError as e:
+                errors.append(f"step {i} ({s.step_name}): {e}")
+        if errors:
+            raise ValueError("bad recipe:\n" + "\n".join(errors))
+        return out
+
+
+@dataclass
+class PipelineResult:
+    kept: pl.DataFrame
+    dropped: pl.DataFrame   # input columns + step, step_name, filter, value, detail
+    steps: pl.DataFrame     # step, name, filter, kind, records_in, kept, dropped, changed, seconds
+    measured: dict[str, pl.DataFrame] = field(default_factory=dict)  # step -> record_id, value, keep[, changed]
+    config: PipelineConfig | None = None
+
+    @property
+    def n_in(self) -> int:
+        return self.kept.height + self.dropped.height
+
+    def summary(self) -> str:
+        return f"{self.n_in} in, {self.kept.height} kept, {self.dropped.height} dropped"
+
+    def reconciles(self) -> bool:
+        """in == kept + dropped, and each step's records_in == kept + dropped == next records_in."""
+        s = self.steps
+        if s.height == 0:
+            return True
+        ok = bool((s["records_in"] == s["kept"] + s["dropped"]).all())
+        ok &= bool((s["kept"].head(s.height - 1) == s["records_in"].tail(s.height - 1)).all())
+        ok &= int(s["kept"][-1]) == self.kept.height
+        ok &= int(s["dropped"].sum()) == self.dropped.height
+        return ok
+
+
+def check_columns(frame: pl.DataFrame, built: list[tuple[str, Filter | Transform]]) -> None:
+    """Fail before any work when a step reads a column the input does not have."""
+    errors = []
+    for i, (step, flt) in enumerate(built, start=1):
+        missing = [c for c in flt.required_columns() if c not in frame.columns]
+        if missing:
+            errors.append(f"step {i} ({step}): the input has no column(s) {missing}; "
+                          f"its columns: {frame.columns}. Change the step's `field:` parameter")
+    if errors:
+        raise ValueError("bad recipe for this input:\n" + "\n".join(errors))
+
+
+def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = False) -> PipelineResult:
+    """Apply the steps in order; every removed record is kept in ``dropped`` with its reason."""
+    built = config.build()
+    check_columns(frame, built)
+    current = frame
+    dropped_parts: list[pl.DataFrame] = []
+    rows = []
+    measured: dict[str, pl.DataFrame] = {}
+    it = enumerate(built, start=1)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(list(it), desc="filters", unit="step")
+    for i, (step, flt) in it:
+        n_in = current.height
+        t0 = time.perf_counter()
+        try:
+            if isinstance(flt, Transform):
+                r = flt.apply(current)
+                if "record_id" in current.columns:
+                    value = r.value if r.value is not None else r.changed.cast(pl.Float64)
+                    measured[step] = current.select("record_id").with_columns(
+                        value.cast(pl.Float64).alias("value"), pl.lit(True).alias("keep"),
+                        r.changed.alias("changed"))
+                current = r.frame
+                rows.append((i, step, flt.name, "transform", n_in, n_in, 0, int(r.changed.sum()),
+                             round(time.perf_counter() - t0, 4)))
+                continue
+            if flt.details_per_record:  # details of the dropped records only
+                values = flt.measure(current).cast(pl.Float64)
+                if values.len() != n_in:
+                    raise RuntimeError(f"filter {flt.name!r} measured {values.len()} values for {n_in} records")
+                keep = flt.keep(values).fill_null(True).cast(pl.Boolean)
+                drop = ~keep
+                gone = current.filter(drop)
+                d = flt.details(gone, values.filter(drop)) if gone.height else None
+                dropped_detail = (d.cast(pl.String) if d is not None
+                                  else pl.Series("detail", [None] * gone.height, dtype=pl.String))
+            else:
+                m = flt.apply(current)
+                values, keep, drop = m.value, m.keep, ~m.keep
+                gone = current.filter(drop)
+                dropped_detail = (m.detail.cast(pl.String).filter(drop) if m.detail is not None
+                                  else pl.Series("detail", [None] * gone.height, dtype=pl.String))
+        except Exception as e:
+            raise RuntimeError(f"step {i} ({step}, filter {flt.name!r}) failed on {n_in} records: "
+                               f"{type(e).__name__}: {e}") from e
+        if dropped_detail.len() != gone.height:
+            raise RuntimeError(f"filter {flt.name!r} gave {dropped_detail.len()} details for {gone.height} records")
+        if "record_id" in current.columns:
+            measured[step] = current.select("record_id").with_columns(values.alias("value"), keep.alias("keep"))
+        if gone.height:
+            dropped_parts.append(gone.with_columns(
+                pl.lit(i, dtype=pl.Int64).alias("step"), pl.lit(step, dtype=pl.String).alias("step_name"),
+                pl.lit(flt.name, dtype=pl.String).alias("filter"),
+                values.filter(drop).alias("value"), dropped_detail.alias("detail")))
+        current = current.filter(keep)
+        rows.append((i, step, flt.name, "filter", n_in, current.height, n_in - current.height, 0,
+                     round(time.perf_counter() - t0, 4)))
+    empty = frame.clear().with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
+    dropped = pl.concat([empty, *dropped_parts], how="vertical_relaxed") if dropped_parts else empty
+    steps = pl.DataFrame(rows, schema=STEPS_SCHEMA, orient="row")
+    result = PipelineResult(current, dropped, steps, measured, config)
+    assert current.height + dropped.height == frame.height  # the audit trail is complete
+    return result
+
+
+def measure_all(frame: pl.DataFrame, config: Any) -> dict[str, pl.DataFrame]:
+    """Every filter step of ``config`` (a PipelineConfig) measured on *all* records, not only
+    on what earlier steps kept (transforms are applied in order, nothing is dropped):
+    step -> frame(record_id, value, keep)."""
+
+    built = config.build()
+    check_columns(frame, built)
+    current = frame
+    out: dict[str, pl.DataFrame] = {}
+    for step, flt in built:
+        if isinstance(flt, Transform):
+            current = flt.apply(current).frame
+            continue
+        m = flt.apply(current)
+        out[step] = current.select(pl.col("record_id").cast(pl.String)).with_columns(
+            m.value.alias("value"), m.keep.alias("keep"))
+    return out

@@ -1,0 +1,46 @@
+"""``python -m cqia_nb.train`` / ``cqia-nb train``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from cqia_nb.train.config import TrainConfig, TrainConfigError
+from cqia_nb.train.trainer import train
+
+
+def add_cli_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``python -m cqia_nb.train`` (also ``cqia-nb train``)."""
+    ap.add_argument("--config", required=True, help="a recipes/train-*.yaml file")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a setting (value parsed as YAML); repeatable")
+    ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
+    ap.add_argument("--progress", action="store_true", help="show a progress bar")
+    return ap
+
+
+def run_cli(a: argparse.Namespace) -> int:
+    """Train as the parsed options say; prints one JSON line (output_dir, global_step, first/last
+    loss, tokens/s). Exit status 2, with the message, for a config that cannot run."""
+    try:
+        cfg = TrainConfig.from_yaml(a.config, a.overrides)
+        res = train(cfg, resume=a.resume, progress=a.progress)
+    except TrainConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    losses = res.losses
+    print(json.dumps({"output_dir": str(res.output_dir), "global_step": res.global_step,
+                      "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                      "tokens_per_s": round(res.tokens_per_s, 1)}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = add_cli_arguments(argparse.ArgumentParser(prog="python -m cqia_nb.train", description=__doc__.split("\n")[0]))
+    return run_cli(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The data layer: schema, validation policy, error wording, cache, sources."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import jsonl, make_record
+
+import cqia_nb.data as data
+import cqia_nb.data.parse
+from cqia_nb.data.load import LoadConfig, load
+from cqia_nb.data.schema import DataQualityWarning, DataValidationError
+
+LFS = (b"version https://git-lfs.github.com/spec/v1\n"
+       b"oid sha256:0c609b053610df4b3506dc1fe9efdd69b2561eafd0365d24302634ade0d11e1d\nsize 69117801\n")
+
+
+def quiet_load(**kw) -> data.LoadResult:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataQualityWarning)
+        return load(LoadConfig(**kw))
+
+
+def layout(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    root = tmp_path / "ds"
+    for rel, raw in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(raw)
+    return root
+
+
+# ----------------------------------------------------------------------------- bundled
+
+def test_bundled_covers_all_configs_and_schema(cache):
+    res = load(LoadConfig(source="bundled", cache_dir=cache))
+    assert set(res.frame["config"].unique()) == set(data.CONFIGS)
+    assert dict(res.frame.schema) == data.SCHEMA
+    assert res.problems.height == 0 and res.reconciles()
+    assert res.frame["record_id"].n_unique() == res.frame.height
+    first = res.frame.row(0, named=True)
+    assert first["record_id"] == f"{first['source_file']}:{first['line']}"
+
+
+def test_auto_source_reads_env(monkeypatch, tmp_path, cache):
+    root = layout(tmp_path, {"zhihu/a.jsonl": jsonl([make_record()])})
+    monkeypatch.setenv("CQIA_DATA", str(root))
+    res = load(LoadConfig(cache_dir=cache))
+    assert res.frame["source_file"].to_list() == ["zhihu/a.jsonl"]
+    monkeypatch.delenv("CQIA_DATA")
+    assert data.resolve_source("auto") == "bundled"
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_crafted_bad_files_are_reported_with_file_line_field(tmp_path, cache):
+    good = make_record()
+    root = layout(tmp_path, {
+        "zhihu/lfs.jsonl": LFS,
+        "zhihu/empty.jsonl": b"",
+        "zhihu/broken.jsonl": jsonl([good]) + b'{"instruction": "x", \n' + jsonl([good]),
+        "zhihu/types.jsonl": jsonl([good, make_record(human_verified="true"), make_record(domain="医疗"),
+                                    make_record(task_type={"major": "问答"})]),
+        "zhihu/missing.jsonl": jsonl([{k: v for k, v in good.items() if k != "output"}]),
+        "zhihu/gbk.jsonl": jsonl([good]) + json.dumps(make_record(output="中文回答"), ensure_ascii=False).encode("gbk") + b"\n",
+        "zhihu/array.jsonl": b"[" + json.dumps(good, ensure_ascii=False).encode() + b"]\n",
+        "zhihu/notobj.jsonl": b'["a", "b"]\n',
+    })
+    res = quiet_load(source=str(root), cache_dir=cache)
+    p = {(r["file"], r["line"], r["field"]): r["message"] for r in res.problems.iter_rows(named=True)}
+    assert "Git LFS pointer" in p[("zhihu/lfs.jsonl", 1, "-")] and "git lfs pull" in p[("zhihu/lfs.jsonl", 1, "-")]
+    assert "69,117,801 bytes" in p[("zhihu/lfs.jsonl", 1, "-")]
+    assert "empty file" in p[("zhihu/empty.jsonl", 1, "-")]
+    assert "malformed JSON" in p[("zhihu/broken.jsonl", 2, "-")]
+    assert "expected true or false, got string" in p[("zhihu/types.jsonl", 2, "human_verified")]
+    assert "expected a list of strings" in p[("zhihu/types.jsonl", 3, "domain")]
+    assert "expected a list of strings" in p[("zhihu/types.jsonl", 4, "task_type.major")]
+    assert "missing: add" in p[("zhihu/types.jsonl", 4, "task_type.minor")]
+    assert "missing required field" in p[("zhihu/missing.jsonl", 1, "output")]
+    gbk = p[("zhihu/gbk.jsonl", 2, "-")]
+    assert "not UTF-8" in gbk and "GB18030" in gbk and "iconv" in gbk
+    assert "JSON array, not JSON Lines" in p[("zhihu/array.jsonl", 1, "-")]
+    assert "expected a JSON object per line" in p[("zhihu/notobj.jsonl", 1, "-")]
+    # Counts reconcile: every record read is loaded or rejected; good lines of bad files load.
+    assert res.reconciles()
+    files = {r["file"]: r for r in res.files.iter_rows(named=True)}
+    assert files["zhihu/broken.jsonl"]["loaded"] == 2 and files["zhihu/broken.jsonl"]["rejected"] == 1
+    assert files["zhihu/types.jsonl"]["loaded"] == 1 and files["zhihu/types.jsonl"]["rejected"] == 3
+    assert files["zhihu/lfs.jsonl"]["status"] == "lfs-pointer" and files["zhihu/empty.jsonl"]["status"] == "empty"
+    assert res.n_loaded == 2 + 1 + 1  # broken, types, gbk: their good lines
+
+
+def test_bom_crlf_blank_lines_and_u2028(tmp_path, cache):
+    recs = [make_record(output="第一行\u2028仍是同一条记录"), make_record(instruction="第二条")]
+    raw = b"\xef\xbb\xbf" + jsonl(recs[:1]).replace(b"\n", b"\r\n") + b"\r\n   \n" + jsonl(recs[1:])
+    root = layout(tmp_path, {"xhs/x.jsonl": raw})
+    res = load(LoadConfig(source=str(root), cache_dir=cache))
+    assert res.problems.height == 0
+    assert res.frame["line"].to_list() == [1, 4]  # blank lines keep the numbering of the file
+    assert res.frame["output"][0] == "第一行\u2028仍是同一条记录"
+
+
+def test_unknown_keys_are_kept_in_extra(tmp_path, cache):
+    root = layout(tmp_path, {"wiki/w.jsonl": jsonl([make_record(score=9.5, task_type={"major": [], "minor": [], "x": 1})])})
+    res = load(LoadConfig(source=str(root), cache_dir=cache))
+    assert json.loads(res.frame["extra"][0]) == {"score": 9.5, "task_type": {"x": 1}}
+
+
+def test_fast_and_careful_paths_agree(monkeypatch):
+    raw = jsonl([make_record(instruction=f"问题{i}", domain=[], task_type={"major": ["问答"], "minor": []})
+                 for i in range(50)])
+    fast = data.parse_jsonl_bytes(raw)
+    monkeypatch.setattr(cqia_nb.data.parse, "_parse_fast", lambda raw: None)
+    slow = data.parse_jsonl_bytes(raw)
+    assert fast.table.equals(slow.table)
+    assert fast.records_read == slow.records_read == 50
+
+
+def test_null_inside_lists_goes_to_careful_path():
+    raw = jsonl([make_record(domain=[None])])
+    res = data.parse_jsonl_bytes(raw)
+    assert res.rejected == 1 and res.problems[0][1] == "domain"
+
+
+def test_strict_policy_raises_with_locations(tmp_path, cache):
+    root = layout(tmp_path, {"exam/e.jsonl": jsonl([make_record()]) + b"not json\n"})
+    with pytest.raises(DataValidationError) as err:
+        load(LoadConfig(source=str(root), policy="strict", cache_dir=cache))
+    assert "exam/e.jsonl:2: -: malformed JSON" in str(err.value)
+    assert err.value.problems.height == 1
+
+
+def test_collect_policy_warns(tmp_path, cache):
+    root = layout(tmp_path, {"exam/e.jsonl": b"nope\n"})
+    with pytest.warns(DataQualityWarning, match="1 problem"):
+        load(LoadConfig(source=str(root), cache_dir=cache))
+
+
+def test_missing_path_and_unknown_config(tmp_path, cache):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        load(LoadConfig(source=str(tmp_path / "nope"), cache_dir=cache))
+    root = layout(tmp_path, {"zhihu/a.jsonl": jsonl([make_record()])})
+    with pytest.raises(ValueError, match="configs found: \\['zhihu'\\]"):
+        load(LoadConfig(source=str(root), configs=("xhs",), cache_dir=cache))
+
+
+# ----------------------------------------------------------------------------- layout
+
+CARD = """---
+configs:
+- config_name: "zhihu"
+  data_files:
+  - split: train
+    path: zhihu/*
+- config_name: "finance"
+- config_name: "finance"
+  data_files:
+  - split: train
+    path: finance/*
+---
+# card
+"""
+
+
+def test_card_configs_drive_discovery_and_unclaimed_files_are_reported(tmp_path, cache):
+    root = layout(tmp_path, {"README.md": CARD.encode(), "zhihu/a.jsonl": jsonl([make_record()]),
+                             "finance/f.jsonl": jsonl([make_record()]), "FULL.jsonl": jsonl([make_record()]),
+                             "other/o.jsonl": jsonl([make_record()]), "zhihu/notes.txt": b"hello"})
+    assert data.read_card_configs(root) == {"zhihu": ["zhihu/*"], "finance": ["finance/*"]}
+    res = quiet_load(source=str(root), cache_dir=cache)
+    status = dict(res.files.select("file", "status").iter_rows())
+    assert status == {"FULL.jsonl": "outside-configs", "finance/f.jsonl": "ok", "other/o.jsonl": "outside-configs",
+                      "zhihu/a.jsonl": "ok", "zhihu/notes.txt": "unsupported"}
+    assert res.n_loaded == 2 and res.problems.height == 3
+
+
+def test_single_file_source(tmp_path, cache):
+    root = layout(tmp_path, {"ruozhiba/r.jsonl": jsonl([make_record(), make_record()])})
+    res = load(LoadConfig(source=str(root / "ruozhiba" / "r.jsonl"), cache_dir=cache))
+    assert res.frame["config"].to_list() == ["ruozhiba", "ruozhiba"]
+    assert res.frame["record_id"].to_list() == ["r.jsonl:1", "r.jsonl:2"]
+
+
+# ----------------------------------------------------------------------------- cache
+
+def test_cache_hit_miss_and_damage(tmp_path, cache):
+    root = layout(tmp_path, {"zhihu/a.jsonl": jsonl([make_record()])})
+    first = load(LoadConfig(source=str(root), cache_dir=cache))
+    second = load(LoadConfig(source=str(root), cache_dir=cache))
+    assert not first.from_cache and second.from_cache
+    assert second.frame.equals(first.frame)
+    # Same bytes, new mtime (a fresh clone): hashed again, still a hit.
+    f = root / "zhihu" / "a.jsonl"
+    os.utime(f, ns=(1, 1))
+    assert load(LoadConfig(source=str(root), cache_dir=cache)).from_cache
+    # Changed content: never served stale.
+    f.write_bytes(jsonl([make_record(output="新的回答")]))
+    third = load(LoadConfig(source=str(root), cache_dir=cache))
+    assert not third.from_cache and third.frame["output"][0] == "新的回答"
+    # A damaged cache entry is rebuilt, not trusted.
+    for p in Path(cache).glob("*.records.arrow"):
+        p.write_bytes(b"garbage")
+    fourth = load(LoadConfig(source=str(root), cache_dir=cache))
+    assert fourth.frame["output"][0] == "新的回答"
+
+
+def test_strict_policy_applies_to_cached_loads(tmp_path, cache):
+    root = layout(tmp_path, {"exam/e.jsonl": b"nope\n"})
+    quiet_load(source=str(root), cache_dir=cache)
+    with pytest.raises(DataValidationError):
+        load(LoadConfig(source=str(root), cache_dir=cache, policy="strict"))
+
+
+# ----------------------------------------------------------------------------- hub
+
+class FakeDatasets:
+    def __init__(self, rows):
+        self.rows, self.calls = rows, []
+
+    def load_dataset(self, **kwargs):
+        self.calls.append(kwargs)
+        return list(self.rows)
+
+
+def test_hub_arguments_and_validation(monkeypatch):
+    import datasets
+
+    fake = FakeDatasets([make_record(), make_record(output=None)])
+    monkeypatch.setattr(datasets, "load_dataset", fake.load_dataset)
+    res = quiet_load(source="hub", configs=("ruozhiba", "xhs"), hub_revision="abc123")
+    assert fake.calls == [{"path": "m-a-p/COIG-CQIA", "name": "ruozhiba", "split": "train", "revision": "abc123"},
+                          {"path": "m-a-p/COIG-CQIA", "name": "xhs", "split": "train", "revision": "abc123"}]
+    assert res.n_loaded == 2 and res.n_rejected == 2 and res.reconciles()
+    assert res.problems["file"][0] == "hub:m-a-p/COIG-CQIA/ruozhiba" and res.problems["line"][0] == 2
+    assert res.frame["config"].to_list() == ["ruozhiba", "xhs"]
+
+
+def test_hub_rejects_unknown_config_and_wraps_errors(monkeypatch):
+    with pytest.raises(ValueError, match="unknown COIG-CQIA config 'zhihu2'"):
+        data.hub_load_kwargs("zhihu2")
+    import datasets
+
+    def boom(**kw):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", boom)
+    with pytest.raises(RuntimeError, match="check your connection or clone the dataset"):
+        load(LoadConfig(source="hub", configs=("xhs",)))
+
+
+# ----------------------------------------------------------------------------- counts
+
+def test_config_counts_include_configs_without_loadable_files(tmp_path, cache):
+    root = layout(tmp_path, {"zhihu/a.jsonl": jsonl([make_record(), make_record(answer_from="llm")]),
+                             "wikihow/w.jsonl": LFS})
+    res = quiet_load(source=str(root), cache_dir=cache)
+    counts = data.config_counts(res.frame, res.files)
+    rows = {r["config"]: r for r in counts.iter_rows(named=True)}
+    assert rows["wikihow"]["records"] == 0 and rows["wikihow"]["files_not_loaded"] == 1
+    assert rows["zhihu"]["records"] == 2 and rows["zhihu"]["answer_llm"] == 1
+
+
+# ----------------------------------------------------------------------------- real data tier
+
+@pytest.mark.realdata
+def test_real_copy_loads_completely(real_data, cache):
+    res = quiet_load(source=str(real_data), cache_dir=cache)
+    assert (res.files["status"] == "ok").sum() == 39
+    assert res.n_loaded == 17_971 and res.n_rejected == 0 and res.reconciles()
+    lfs = res.files.filter(pl.col("status") == "lfs-pointer")["file"].to_list()
+    assert sorted(lfs) == ["COIG-CQIA-full.jsonl", "finance/mba_baike.jsonl", "wiki/bkmy_medicine.jsonl",
+                           "wikihow/wikihow.jsonl"]
+    assert res.problems.height == 4
+    # U+2028 inside xhs strings must not split records.
+    assert res.frame.filter(pl.col("config") == "xhs").height == 1508
+    warm = quiet_load(source=str(real_data), cache_dir=cache)
+    assert warm.from_cache and warm.frame.equals(res.frame)
