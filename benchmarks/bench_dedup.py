@@ -5,7 +5,7 @@
 Needs ``datasketch`` (``.venv/bin/pip install datasketch==2.0.0``; a peer for comparison only).
 Both tools get identical parameters: the same texts (each record's instruction, input and output,
 normalised by ``cqia_nb.filter.dedup.text_keys``), the same character 5-gram shingles
-(``cqia_nb.filter.dedup.shingles``), num_perm 128, seed 1, threshold 0.8 -> the same 9 bands x 13 rows
+(``cqia_nb.filter.minhash.shingles``), num_perm 128, seed 1, threshold 0.8 -> the same 9 bands x 13 rows
 (asserted), candidates verified by estimated Jaccard >= threshold, clusters = connected
 components. Timed, median of ``--reps`` runs, everything imported first:
 

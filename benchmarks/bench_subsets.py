@@ -6,7 +6,7 @@
 What one run does (the spec's work, ``recipes/subsets-paper.yaml`` by default: the 13 per-config
 and 10 card-group subsets, two narrower subsets and one 9-part mixture; empty built-ins skipped):
 
-* ``load``            the real copy through ``cqia_nb.subsets.load_input`` (the loader's cache);
+* ``load``            the real copy through ``cqia_nb.build.load_input`` (the loader's cache);
 * ``evals``           read every evaluation file under --benchmarks (C-Eval, CMMLU, SafetyBench,
                       BELLE-EVAL; 16,658 items) -- ``contamination.load_eval_sets``;
 * ``index``           hash their 13-grams once -- ``contamination.build_index``;

@@ -9,7 +9,7 @@ Method
     spaces or punctuation: "python", "2024", "3.5" -> "3", "5"). A 13-gram is thus 13 Chinese
     characters (about a short clause: long enough that sharing one is rarely chance, short enough
     to catch a question pasted inside a longer answer), or 13 English words as in GPT-3, or a mix.
-    Before that, texts are normalised as in :mod:`cqia_nb.dedup`: Unicode NFKC, lowercase, and
+    Before that, texts are normalised as in :mod:`cqia_nb.filter.dedup`: Unicode NFKC, lowercase, and
     every run of whitespace or punctuation (categories P*) is one unit boundary, so
     ``"甲的行为构成____。"`` and ``"甲的行为构成"`` compare equal, as do full- and half-width forms.
 
@@ -69,7 +69,8 @@ import numpy as np
 import polars as pl
 
 from cqia_nb.core.hashing import fmix64, window_hash
-from cqia_nb.core.text import normalize_expr
+from cqia_nb.core.jsonl import json_lines
+from cqia_nb.core.text import decode_utf8, normalize_expr
 
 #: the contamination check splits text into units at whitespace and punctuation (``cqia_nb.core.text``)
 UNIT_SEPARATOR = " "
@@ -88,14 +89,6 @@ SKIPPED_SCHEMA: dict[str, pl.DataType] = {"file": pl.String, "reason": pl.String
 _TABLE_BITS = 24
 
 
-def _decode(raw: bytes, path: Path) -> str:
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                         "re-encode the file as UTF-8") from e
 
 
 def detect_format(path: str | Path) -> tuple[str | None, str]:
@@ -105,7 +98,7 @@ def detect_format(path: str | Path) -> tuple[str | None, str]:
     raw = p.read_bytes()
     if not raw.strip():
         return None, "empty file"
-    text = _decode(raw, p)
+    text = decode_utf8(raw, p)
     first = text.lstrip("\ufeff").split("\n", 1)[0].strip()
     if p.suffix.lower() == ".csv":
         header = next(csv.reader([first]), [])
@@ -172,7 +165,7 @@ def read_eval_file(path: str | Path, eval_set: str | None = None, rel: str | Non
             raise ValueError(f"{p}: not an evaluation file ({note}); accepted: C-Eval CSV "
                              "(id,question,A,B,C,D,answer[,explanation]), CMMLU CSV (,Question,A,B,C,D,Answer), "
                              "SafetyBench JSON (dev or test), BELLE-EVAL JSON Lines {question, std_answer, class}")
-    text = _decode(p.read_bytes(), p)
+    text = decode_utf8(p.read_bytes(), p)
     rows: list[tuple[str, str, str]] = []
     if fmt == "ceval_csv":
         rows = _rows_from_csv(text, "id", ("question", "A", "B", "C", "D", "explanation"))
@@ -190,13 +183,7 @@ def read_eval_file(path: str | Path, eval_set: str | None = None, rel: str | Non
             rows.append((rid, "question", str(x.get("question") or "")))
             rows.extend((rid, f"option_{k}", str(o)) for k, o in enumerate(x.get("options") or []))
     elif fmt == "belle_jsonl":
-        for i, line in enumerate(text.split("\n"), start=1):  # split on \n only (U+2028 may occur)
-            if not line.strip():
-                continue
-            try:
-                x = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{i}: malformed JSON Lines record ({e})") from e
+        for i, x in json_lines(text, p):
             rows.append((str(i), "question", str(x.get("question") or "")))
             rows.append((str(i), "std_answer", str(x.get("std_answer") or "")))
     else:

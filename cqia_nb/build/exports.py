@@ -323,7 +323,7 @@ def card_text(build: Any, files: dict[str, str]) -> str:
     lines += ["## Contamination check", ""]
     if build.contamination is not None:
         rep = build.contamination
-        lines += [f"Character/word {rep.n}-gram overlap with the evaluation sets (cqia_nb.contamination): "
+        lines += [f"Character/word {rep.n}-gram overlap with the evaluation sets (cqia_nb.build.contamination): "
                   f"{build.contamination_note}.", "", rep.index_summary + ".", ""]
         cols = ["eval_set", "items", "items_unchecked", "items_contaminated", "contaminated_share", "ngrams",
                 "overlap_ngrams", "training_records"]

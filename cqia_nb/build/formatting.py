@@ -25,7 +25,7 @@ Token counts
     ``n_tokens`` is the length of the rendered text encoded with ``add_special_tokens=False`` (the
     template writes its own special tokens; a BOS the tokenizer would add is not counted), in
     batches through the Rust tokenizer. ``tokenizer="tiny"`` is the project's byte-level BPE
-    trained on the frame (:mod:`cqia_nb.tokens`), anything else is loaded with
+    trained on the frame (:mod:`cqia_nb.data.tokens`), anything else is loaded with
     ``AutoTokenizer.from_pretrained`` (never with remote code). Counts are cached on disk by
     (tokenizer, text) hash (``count_tokens_cached``), so rebuilds skip the tokeniser.
 

@@ -2,7 +2,7 @@
 
 The COIG-CQIA paper (arXiv 2403.18058) fine-tunes models on per-source subsets and on mixtures.
 A *build spec* (``BuildSpec``, YAML in ``recipes/subsets-*.yaml``) says which, and ``run_build``
-turns it into frames that :mod:`cqia_nb.exports` writes in every trainer's format.
+turns it into frames that :mod:`cqia_nb.build.exports` writes in every trainer's format.
 
 Subsets (``SubsetSpec``)
     Built in: ``config.<name>`` for each of the 13 Hugging Face configs, and ``group.<name>`` for
@@ -35,7 +35,7 @@ Mixtures (``MixtureSpec``)
 Order of a build (``run_build``)
     load the input -> contamination check against the evaluation sets (optionally removing the
     overlapping records, listed) -> messages, rendering, token counts and the length policy
-    (:mod:`cqia_nb.formatting`) -> derived columns -> split -> subsets -> mixtures. Built-in
+    (:mod:`cqia_nb.build.formatting`) -> derived columns -> split -> subsets -> mixtures. Built-in
     subsets that are empty on an input (the real copy has no coig_pc; wikihow is an LFS pointer)
     are skipped and listed; an empty subset of the spec's own is an error naming its entry.
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import getpass
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +12,7 @@ from typing import Any, Literal
 import polars as pl
 
 from cqia_nb.core.intervals import wilson_interval
-from cqia_nb.core.jsonl import append_lines, read_log
+from cqia_nb.core.jsonl import append_lines, json_object, read_log
 
 DECISIONS: tuple[str, ...] = ("keep", "drop", "edit")
 LABEL_SCHEMA: dict[str, pl.DataType] = {
@@ -35,14 +34,9 @@ def current_user() -> str:
 
 def parse_decision(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     """(entry, "") or (None, why)."""
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        return None, f"not UTF-8 ({e.reason} at byte {e.start})"
-    except json.JSONDecodeError as e:
-        return None, f"not valid JSON ({e.msg} at column {e.colno})"
-    if not isinstance(obj, dict):
-        return None, f"expected a JSON object, got {type(obj).__name__}"
+    obj, why = json_object(raw)
+    if obj is None:
+        return None, why
     if not isinstance(obj.get("record_id"), str) or not obj["record_id"]:
         return None, "no record_id"
     if obj.get("decision") not in DECISIONS:
@@ -93,14 +87,9 @@ def x_is_a(seed: int, item_id: str) -> bool:
 
 def parse_vote(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     """(vote, "") or (None, why)."""
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        return None, f"not UTF-8 ({e.reason} at byte {e.start})"
-    except json.JSONDecodeError as e:
-        return None, f"not valid JSON ({e.msg} at column {e.colno})"
-    if not isinstance(obj, dict):
-        return None, f"expected a JSON object, got {type(obj).__name__}"
+    obj, why = json_object(raw)
+    if obj is None:
+        return None, why
     for k in ("item_id", "model_a", "model_b"):
         if not isinstance(obj.get(k), str) or not obj[k]:
             return None, f"no {k}"

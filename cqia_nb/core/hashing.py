@@ -42,6 +42,16 @@ def fmix64(h: np.ndarray) -> np.ndarray:
     h ^= h >> np.uint64(33)
     return h
 
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser on a copy of a uint32 array (datasketch's ``affine32`` scheme applies it)."""
+    h = h.copy()
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(0x85EBCA6B)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(0xC2B2AE35)
+    h ^= h >> np.uint32(16)
+    return h
+
 
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser (a new uint64 array): spreads small ids (token ids, code points) over 64 bits."""

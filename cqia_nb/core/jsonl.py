@@ -12,6 +12,36 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 
+def json_object(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """One log line's bytes as a JSON object: ``(obj, "")``, or ``(None, why)`` when it is not UTF-8,
+    not JSON, or not an object."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 ({e.reason} at byte {e.start})"
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg} at column {e.colno})"
+    if not isinstance(obj, dict):
+        return None, f"expected a JSON object, got {type(obj).__name__}"
+    return obj, ""
+
+
+def json_lines(text: str, path: str | Path, error: type[Exception] = ValueError,
+               hint: str = "") -> list[tuple[int, Any]]:
+    """``(line, value)`` for each non-blank line of JSON Lines ``text``. Lines are split on "\n"
+    only (COIG-CQIA text holds raw U+2028, which ``str.splitlines`` would split on). A line that is
+    not JSON raises ``error`` naming ``path:line``, the column, and then ``hint``."""
+    out = []
+    for i, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((i, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise error(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
+    return out
+
+
 class LogLineWarning(UserWarning):
     """A line of an append-only log could not be read and was skipped (the file is left as it is)."""
 

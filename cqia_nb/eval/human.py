@@ -45,7 +45,7 @@ def pair_frames(x: pl.DataFrame, y: pl.DataFrame, id_col: str = "item_id", promp
 
 def win_rate_row(stats: dict[str, Any], base_model: str | None = None, train_subset: str | None = None,
                  notes: str = "") -> dict[str, Any]:
-    """A :func:`win_rate` result as a row for :func:`cqia_nb.results.append_results`
+    """A :func:`win_rate` result as a row for :func:`cqia_nb.eval.results.append_results`
     (benchmark ``human_pairwise``, subset ``vs <opponent>``, metric ``win_rate``)."""
     if stats["win_rate"] is None:
         raise ValueError(f"no votes for {stats['model']} vs {stats['opponent']}: nothing to store")

@@ -28,7 +28,7 @@ external   bool    true for numbers we did not measure (reference numbers)
 The key is ``(model, benchmark, subset, metric, shots)``. :func:`append_results` checks every
 row against the schema *before* writing anything (a bad row is an error naming its index and
 field) and appends all rows at once, atomically (the same temp-file + ``os.replace`` writer as
-the review log, :func:`cqia_nb.review.append_lines`). :func:`read_results` keeps the *latest*
+the review log, :func:`cqia_nb.core.jsonl.append_lines`). :func:`read_results` keeps the *latest*
 line per key (file order): re-running an evaluation replaces its numbers without rewriting the
 file. A line that does not fit the schema is an error naming the file and line.
 
@@ -47,7 +47,6 @@ human evaluations.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from datetime import date as _date
@@ -57,7 +56,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import polars as pl
 
-from cqia_nb.core.jsonl import append_lines
+from cqia_nb.core.jsonl import append_lines, json_lines
 from cqia_nb.core.paths import project_root, resource
 from cqia_nb.core.results_schema import COLUMNS, FRACTION_METRICS, KEY, REQUIRED, label_expr
 
@@ -177,13 +176,7 @@ def read_results(path: str | Path | None = None, latest: bool = True, include_re
         data = ""
     except UnicodeDecodeError as e:
         raise ResultsError(f"{p}: not UTF-8 ({e.reason} at byte {e.start}); restore the file from a backup") from None
-    for i, line in enumerate(data.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ResultsError(f"{p}:{i}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") from None
+    for i, obj in json_lines(data, p, ResultsError, "; fix or delete that line"):
         try:
             rows.append(_check_row(obj, f"{p}:{i}"))
         except ResultsError as e:

@@ -17,8 +17,8 @@ Both kinds register by name with ``@register`` and are used the same way in reci
         label: url_in_answer     # optional; step names must be unique (repeats get "#2", "#3")
         field: output
 
-Filters register themselves by name (``@register``); rule filters live in ``cqia_nb.rules``,
-deduplication in ``cqia_nb.dedup``, model-based scores in ``cqia_nb.quality``.
+Filters register themselves by name (``@register``); rule filters live in ``cqia_nb.filter.rules``,
+deduplication in ``cqia_nb.filter.dedup``, model-based scores in ``cqia_nb.filter.scores``.
 
 A bad recipe fails in ``PipelineConfig.build()`` (called first by ``run_pipeline``), before any
 record is touched: unknown step names, unknown parameters, parameters of the wrong type, invalid

@@ -15,7 +15,7 @@ from cqia_nb.models.judge import JudgeConfig, judge_frame
 @register
 @dataclass
 class JudgeFilter(Filter):
-    """An LLM judge's 1–10 score (``cqia_nb.judge``): drop records scoring below ``min_score``.
+    """An LLM judge's 1–10 score (``cqia_nb.models.judge``): drop records scoring below ``min_score``.
 
     Records whose judging failed (endpoint down, timeout, unparseable reply …) are *kept*, with a
     null value and the error kind as detail, and a warning counts them. ``options`` passes any

@@ -11,7 +11,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import polars as pl
 
-from cqia_nb.core.hashing import fmix64, window_hash
+from cqia_nb.core.hashing import fmix32, fmix64, window_hash
 
 FIELD_SEP = "\x1f"
 _U32_MAX = np.uint32(0xFFFFFFFF)
@@ -141,15 +141,6 @@ def _permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    h = h.copy()
-    h ^= h >> np.uint32(16)
-    h *= np.uint32(0x85EBCA6B)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(0xC2B2AE35)
-    h ^= h >> np.uint32(16)
-    return h
 
 
 def _counts(lens: np.ndarray, ngram: int) -> np.ndarray:
@@ -341,7 +332,7 @@ def _signatures(texts: Sequence[str], config: MinHashConfig) -> tuple[np.ndarray
     counts = np.empty(len(texts), dtype=np.int64)
     for i, j in _batches(lens, _BATCH_CHARS):
         h32, cnt = _shingle_hash32(texts[i:j], config.ngram, config.shingle_hash)
-        sig[i:j] = _signature_block(_fmix32(h32), cnt, a, b)
+        sig[i:j] = _signature_block(fmix32(h32), cnt, a, b)
         counts[i:j] = cnt
     return sig, counts
 

@@ -2,7 +2,7 @@
 
 ::
 
-    from cqia_nb.noise import NoiseConfig, inject_noise, score_filters, caught_by_kind
+    from cqia_nb.filter.noise import NoiseConfig, inject_noise, score_filters, caught_by_kind
     noisy = inject_noise(clean, NoiseConfig(rate=0.02, seed=0))
     result = run_pipeline(noisy, PipelineConfig.from_yaml("recipes/….yaml"))
     score_filters(result, noisy)      # precision / recall per step, per noise kind, overall

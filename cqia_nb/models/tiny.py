@@ -1,6 +1,6 @@
 """The tiny local causal LM of the ``cpu-tiny`` profile, and a safe loader for any HF causal LM.
 
-``build_tiny_model`` wraps the tiny byte-level BPE (``cqia_nb.tokens``) as a transformers fast
+``build_tiny_model`` wraps the tiny byte-level BPE (``cqia_nb.data.tokens``) as a transformers fast
 tokenizer with a ChatML chat template, builds a small ``LlamaForCausalLM`` from a fixed seed and
 saves both (weights as safetensors) in one folder. ``train_tiny_lm`` gives it a few dozen LM steps
 on the loaded text so that perplexities mean something. Both are cached by content hash under
@@ -69,7 +69,7 @@ def wrap_tokenizer(tok) -> Any:
     for t in (BOS, EOS, PAD, "<|im_start|>"):
         if tok.token_to_id(t) is None:
             raise ValueError(f"tokenizer lacks the special token {t!r}; train it with "
-                             "cqia_nb.tokens.train_tiny_tokenizer")
+                             "cqia_nb.data.tokens.train_tiny_tokenizer")
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    chat_template=CHATML_TEMPLATE, model_max_length=1 << 30)
 

@@ -234,7 +234,7 @@ class TrainConfig:
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     """``["lora_r=16", "packing=true"]`` -> ``{"lora_r": 16, "packing": True}`` (values parsed as YAML,
-    see ``cqia_nb.config.parse_assignments``)."""
+    see ``cqia_nb.core.overrides.parse_assignments``)."""
 
     try:
         return parse_assignments(items)

@@ -7,7 +7,7 @@ and impossible values *before* any data, tokenizer or model is loaded (``TrainCo
 1. loads the data (``"bundled"``, a CQIA folder, a ``.jsonl``/``.json``/``.parquet`` file, or a
    ``datasets.save_to_disk`` folder) with either a ``messages`` column or
    ``instruction``/``input``/``output`` (turned into [system?, user, assistant] messages: the user
-   turn is ``instruction + "\\n" + input`` when ``input`` is not empty, as in ``cqia_nb.formatting``);
+   turn is ``instruction + "\\n" + input`` when ``input`` is not empty, as in ``cqia_nb.build.formatting``);
 2. loads the tokenizer — ``base_model: tiny`` builds the project's 2-layer Llama on the training
    text (``models.build_tiny_model``) — and checks its chat template (``chat_template: chatml``
    installs the project's ChatML template for tokenizers that have none, e.g. Yi base models);

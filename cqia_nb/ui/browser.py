@@ -21,10 +21,7 @@ import polars as pl
 
 from cqia_nb.data.load import LoadConfig, load
 from cqia_nb.data.schema import LFS_PREFIX
-from cqia_nb.ui.common import (  # noqa: F401
-    LONG_TEXT_COLUMNS,
-    PROVENANCE_COLUMNS,
-    SCHEMA_COLUMNS,
+from cqia_nb.ui.common import (
     Displayable,
     esc,
     render_page_html,
@@ -248,7 +245,7 @@ class DatasetBrowser(Displayable):
             frame = frame.collect()
         if not isinstance(frame, pl.DataFrame):
             raise TypeError(f"DatasetBrowser needs a polars DataFrame, got {type(frame).__name__}; "
-                            "use cqia_nb.widgets.browse() for other inputs")
+                            "use cqia_nb.ui.browse() for other inputs")
         self._frame = frame
         cols = frame.columns
         self._text_cols = [c for c in cols if frame.schema[c] == pl.String]

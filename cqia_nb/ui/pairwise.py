@@ -17,7 +17,7 @@ Blindness
 
 The log
     One JSON line per click, written with the review log's atomic writer
-    (:func:`cqia_nb.review.append_lines`: temp file + fsync + ``os.replace`` under a lock, so a
+    (:func:`cqia_nb.core.jsonl.append_lines`: temp file + fsync + ``os.replace`` under a lock, so a
     killed kernel loses at most the click being saved): ``item_id``, ``choice`` ("A" | "B" |
     "tie"), ``winner`` (the model's name or "tie"), ``model_a``, ``model_b``, ``note``,
     ``timestamp``, ``rater``. A changed mind is a new line; the last line for an item and model

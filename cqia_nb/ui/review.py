@@ -12,7 +12,7 @@ and in a recipe, to apply the labels (records labelled drop are dropped, the res
     - filter: review_labels
       path: review/judge-borderline.jsonl
 
-(``import cqia_nb.review`` first if ``review_labels`` is not found: it registers the filter.)
+(``import cqia_nb.ui.review`` first if ``review_labels`` is not found: it registers the filter.)
 
 The log
 -------

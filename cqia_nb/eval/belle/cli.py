@@ -17,7 +17,7 @@ from cqia_nb.models.judge import JudgeConfig
 
 
 def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``cqia-nb eval belle`` options (also ``python -m cqia_nb.open_eval``)."""
+    """The ``cqia-nb eval belle`` options (also ``python -m cqia_nb.eval.belle``)."""
     p.add_argument("--model", required=True, metavar="PATH", help="a model folder or a LoRA/QLoRA adapter folder")
     p.add_argument("--data", required=True, metavar="DIR_OR_FILE",
                    help="a BELLE-EVAL folder (eval_set.json + eval_prompt.json) or an eval_set file")
@@ -91,8 +91,8 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cqia_nb.open_eval --model PATH --data DIR …`` (same options as ``cqia-nb eval belle``)."""
-    ap = configure_parser(argparse.ArgumentParser(prog="python -m cqia_nb.open_eval",
+    """``python -m cqia_nb.eval.belle --model PATH --data DIR …`` (same options as ``cqia-nb eval belle``)."""
+    ap = configure_parser(argparse.ArgumentParser(prog="python -m cqia_nb.eval.belle",
                                                   description=__doc__.split("\n")[0]))
     args = ap.parse_args(argv)
     try:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import polars as pl
 
+from cqia_nb.core.jsonl import json_lines
+
 GENERATION_VERSION = "1"
 EVAL_SET_FILE = "eval_set.json"
 PROMPT_FILE = "eval_prompt.json"
@@ -63,15 +65,7 @@ def _read_records(path: Path) -> list[tuple[int, Any]]:
         except json.JSONDecodeError as e:
             raise BelleEvalError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
         return [(i, obj) for i, obj in enumerate(arr, start=1)]
-    out = []
-    for i, line in enumerate(text.split("\n"), start=1):  # "\n" only: text may hold U+2028
-        if not line.strip():
-            continue
-        try:
-            out.append((i, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise BelleEvalError(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}); "
-                                 "expected one {…} object per line") from None
+    out = json_lines(text, path, BelleEvalError, "; expected one {…} object per line")
     if not out:
         raise BelleEvalError(f"{path}: no records")
     return out

@@ -22,7 +22,7 @@ from cqia_nb.models.loading import load_for_inference, model_fingerprint, torch_
 @dataclass(frozen=True)
 class GenerationSettings:
     """How answers are generated. ``chat_template``: None (the tokenizer's own), ``"chatml"`` or
-    ``"qwen"`` (:data:`cqia_nb.formatting.NAMED_TEMPLATES`; for base models without one) or a
+    ``"qwen"`` (:data:`cqia_nb.core.chat.NAMED_TEMPLATES`; for base models without one) or a
     Jinja source. ``dtype``: None (the checkpoint's float32 load), ``"bfloat16"`` … for GPUs."""
 
     max_new_tokens: int = 512

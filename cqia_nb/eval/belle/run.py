@@ -26,14 +26,14 @@ The judge prompt
     LianjiaTech/BELLE): the class's judge instruction, the question, the reference answer (not for
     the reference-free classes generation, brainstorming and rewrite — decided by class, as
     upstream does), the model's answer, and a request for the score with a reason (see
-    :func:`build_judge_prompt`). It goes through :func:`cqia_nb.judge.judge_prompts` with
+    :func:`build_judge_prompt`). It goes through :func:`cqia_nb.models.judge.judge_prompts` with
     ``JudgeConfig.belle_eval()`` — the same backends (any OpenAI-compatible endpoint, or a local
     HF model), retries, timeouts and sqlite reply cache as the filtering judge.
 
 Generation
     :func:`generate_answers` loads the model once (a full model or a LoRA/QLoRA adapter folder,
     safetensors, no remote code), applies its chat template (or ``chatml``/``qwen``/a Jinja
-    source) and generates in batches (:func:`cqia_nb.train.generate_batch`; greedy by default).
+    source) and generates in batches (:func:`cqia_nb.core.generation.generate_batch`; greedy by default).
     Every batch's answers are written to a sqlite cache (``<cache_dir>/generations.sqlite``)
     before the next batch starts, keyed by ``sha256(model fingerprint, question, settings that
     change the answer)`` (batch size and device are not part of the key), so a rerun — or a run
@@ -46,7 +46,7 @@ Nothing is dropped
     judge** (``empty_answers="zero"``, the default; ``"judge"`` sends them like any answer);
     ``generation_error``; ``no_judge_prompt``; ``not_judged`` (``judge=None``: generation only);
     or the judge's error kind (``timeout``, ``unparseable``, ``http_500``, ``endpoint_down`` …,
-    see :mod:`cqia_nb.judge`). Means are over scored and empty answers; failures are counted
+    see :mod:`cqia_nb.models.judge`). Means are over scored and empty answers; failures are counted
     in ``failed`` and left out of the mean (their judge replies are kept: a rerun retries
     transport failures, and a changed score pattern re-parses cached replies).
 
@@ -132,7 +132,7 @@ class BelleEvalResult:
 
     def results_rows(self, model_name: str, base_model: str | None = None, train_subset: str | None = None,
                      notes: str = "") -> list[dict[str, Any]]:
-        """Rows for :func:`cqia_nb.results.append_results`: per class, overall and macro
+        """Rows for :func:`cqia_nb.eval.results.append_results`: per class, overall and macro
         (benchmark ``belle_eval``, metric ``mean_score``, n = questions with a score)."""
         judge = self.config.judge
         metric = "mean_score"

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from cqia_nb.build.contamination import _decode as _decode_utf8
+from cqia_nb.core.text import decode_utf8
 from cqia_nb.eval.mc.questions import LETTERS, MCBenchmark, Problems, Question, find_beside
 
 _CEVAL_SPLIT_SUFFIX = re.compile(r"_(val|dev|test)$")
@@ -20,7 +20,7 @@ def read_ceval_mapping(path: str | Path) -> dict[str, tuple[str, str]]:
     """subject -> (Chinese name, category) from C-Eval's ``subject_mapping.json``."""
     p = Path(path)
     try:
-        obj = json.loads(_decode_utf8(p.read_bytes(), p))
+        obj = json.loads(decode_utf8(p.read_bytes(), p))
     except json.JSONDecodeError as e:
         raise ValueError(f"{p}:{e.lineno}: malformed JSON ({e.msg}); expected C-Eval's subject_mapping.json") from e
     out = {}
@@ -41,7 +41,7 @@ def read_cmmlu_categories(path: str | Path) -> dict[str, tuple[str, tuple[str, .
     """
     p = Path(path)
     try:
-        tree = ast.parse(_decode_utf8(p.read_bytes(), p), filename=str(p))
+        tree = ast.parse(decode_utf8(p.read_bytes(), p), filename=str(p))
     except SyntaxError as e:
         raise ValueError(f"{p}:{e.lineno}: not valid Python ({e.msg}); expected CMMLU's categories.py") from e
     found: dict[str, Any] = {}
@@ -96,7 +96,7 @@ def _read_csv(name: str, path: Path, rel: str, subject: str, zh: str, cats: tupl
         problems.add(rel, None, "", "file", "-", f"empty file; expected a CSV with header {example}")
         return []
     try:
-        text = _decode_utf8(raw, path)
+        text = decode_utf8(raw, path)
     except ValueError as e:
         problems.add(rel, None, "", "file", "-", str(e))
         return []

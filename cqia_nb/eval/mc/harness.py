@@ -149,7 +149,7 @@ class MCResult:
 
     def results_rows(self, model: str | None = None, *, base_model: str | None = None,
                      train_subset: str | None = None, notes: str | None = None) -> list[dict[str, Any]]:
-        """Rows for ``cqia_nb.results.append_results``: overall, macro and one per category
+        """Rows for ``cqia_nb.eval.results.append_results``: overall, macro and one per category
         (accuracy as a fraction, with the bootstrap interval and question count)."""
         import datetime
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from cqia_nb.build.contamination import _decode as _decode_utf8
 from cqia_nb.build.contamination import detect_format
+from cqia_nb.core.text import decode_utf8
 from cqia_nb.eval.mc.questions import MCBenchmark, Problems, Question
 
 #: SafetyBench's seven categories with the Chinese names of its paper (display only).
@@ -79,7 +79,7 @@ def _check_item(x: Any, has_answer: bool) -> str | None:
 
 
 def _read_answers(path: Path) -> dict[str, int | None]:
-    obj = json.loads(_decode_utf8(path.read_bytes(), path))
+    obj = json.loads(decode_utf8(path.read_bytes(), path))
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected {{\"<id>\": {{\"category\", \"answer\"}}}}, got a {type(obj).__name__}")
     out: dict[str, int | None] = {}
@@ -107,7 +107,7 @@ def load_safetybench(data: Path, dev: Path | None, answers: Path | None, subject
             problems.add(rel, None, "", "file", "-", "empty file; expected SafetyBench JSON")
             return []
         try:
-            text = _decode_utf8(raw, path)
+            text = decode_utf8(raw, path)
             obj = json.loads(text)
         except ValueError as e:
             line = getattr(e, "lineno", None)
