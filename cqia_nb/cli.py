@@ -12,11 +12,11 @@ from cqia_nb import build as subsets
 from cqia_nb import models
 from cqia_nb import runner as nbs
 from cqia_nb.build import exports
-from cqia_nb.core.overrides import AssignmentError, parse_assignments
+from cqia_nb.core.overrides import AssignmentError, ConfigError, add_config_options, cli_overrides, parse_assignments
 from cqia_nb.data.load import LoadConfig, config_counts, format_problems, load
 from cqia_nb.eval import mc as ev
 from cqia_nb.eval.belle import cli as open_eval
-from cqia_nb.filter.framework import PipelineConfig, run_pipeline
+from cqia_nb.filter.framework import FilterRun, run_pipeline
 from cqia_nb.filter.outputs import read_kept, write_outputs
 from cqia_nb.models.loading import load_causal_lm
 from cqia_nb.train import cli as train_mod
@@ -116,29 +116,46 @@ def _filter_input(source: str):
     return res.frame, res
 
 
+def _positional_paths(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, str | None]:
+    """The older positional INPUT / OUT_DIR, as the config keys they stand for."""
+    given = [getattr(args, n) for n in names]
+    if any(v is not None for v in given) and any(v is None for v in given):
+        raise ConfigError(f"give {' and '.join(n.upper() for n in names)} both, or neither and "
+                          + " ".join(f"--set {n}=…" for n in names))
+    return dict(zip(names, given))
+
+
 def cmd_filter(args: argparse.Namespace) -> int:
     import polars as pl
 
-    config = PipelineConfig.from_yaml(args.config)
+    run = FilterRun.from_yaml(args.config, cli_overrides(_positional_paths(args, ("input", "out_dir")),
+                                                         args.overrides))
+    config = run.pipeline
     config.build()  # a bad recipe fails here, before the input is read
-    frame, res = _filter_input(args.input)
+    if run.out_dir is None:
+        raise ConfigError("no out_dir: add --set out_dir=DIR (or give INPUT OUT_DIR)")
+    frame, res = _filter_input(run.input)
     if res is not None and res.problems.height:
         print(f"note: {res.problems.height} problems in the input, {res.n_rejected} records not loaded "
-              f"(run `cqia-nb validate {args.input}`)")
+              f"(run `cqia-nb validate {run.input}`)")
     result = run_pipeline(frame, config)
-    paths = write_outputs(result, args.out_dir)
+    paths = write_outputs(result, run.out_dir)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    tbl_formatting="MARKDOWN", tbl_width_chars=200):
         print(result.steps.drop("seconds").with_columns(pl.all().cast(pl.String)))
-    print(f"outputs: {', '.join(sorted(p.name for p in paths.values()))} in {args.out_dir}")
+    print(f"outputs: {', '.join(sorted(p.name for p in paths.values()))} in {run.out_dir}")
     print(result.summary())
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
 
-    spec = subsets.BuildSpec.from_yaml(args.spec)  # a bad spec fails here, before the input is read
-    out = Path(args.out_dir)
+    flags = {"seed": args.seed, "input": args.input, "out_dir": args.out_dir}
+    # a bad spec fails here, before the input is read
+    spec = subsets.BuildSpec.from_yaml(args.config, cli_overrides(flags, args.overrides, error=subsets.SpecError))
+    if spec.out_dir is None:
+        raise ConfigError("no out_dir: add --set out_dir=DIR (or give OUT_DIR)")
+    out = Path(spec.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: OUT_DIR exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -151,7 +168,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(out)
-    build = subsets.run_build(spec, seed=args.seed, input=args.input)
+    build = subsets.run_build(spec)
     if build.contamination is None and build.contamination_note:
         print(f"note: contamination check {build.contamination_note}", file=sys.stderr)
     hashes = exports.export_all(build, out)
@@ -257,21 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-run on the defaults and store outputs of NBVAL_CHECK_OUTPUT cells only")
     p.set_defaults(func=cmd_notebooks)
 
-    p = sub.add_parser("filter", help="run a filter recipe; writes kept/dropped (.parquet, .jsonl) and steps.csv")
-    p.add_argument("--config", required=True, metavar="RECIPE", help="a YAML recipe, e.g. recipes/filter-default.yaml")
-    p.add_argument("input", metavar="INPUT",
-                   help="a COIG-CQIA folder or .jsonl file, 'bundled', or a kept.parquet from a previous run")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the outputs (created)")
+    p = sub.add_parser("filter", help="run a filter recipe; writes kept/dropped (.parquet, .jsonl) and steps.csv",
+                       description="cqia-nb filter --config RECIPE [--set KEY=VALUE ...]: keys are the recipe's "
+                                   "(name, steps) plus input ('bundled', a COIG-CQIA folder or .jsonl file, or a "
+                                   "kept.parquet from a previous run; default bundled) and out_dir (created).")
+    add_config_options(p, config_help="a YAML recipe, e.g. recipes/filter-default.yaml")
+    p.add_argument("input", metavar="INPUT", nargs="?", help="older form of --set input=INPUT")
+    p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="older form of --set out_dir=OUT_DIR")
     p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("build", help="build subsets and mixtures from a spec; writes every export format and "
-                                     "prints `SHA256  path` per file")
-    p.add_argument("--spec", required=True, metavar="SPEC", help="a YAML build spec, e.g. recipes/subsets-paper.yaml")
-    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the spec's `seed:`)")
-    p.add_argument("--input", metavar="INPUT", help="'bundled', a COIG-CQIA folder, or a `cqia-nb filter` output "
-                                                    "folder with kept.parquet (default: the spec's `input:`)")
-    p.add_argument("--force", action="store_true", help="replace a previous build in OUT_DIR")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the outputs (created; must be new or empty)")
+                                     "prints `SHA256  path` per file",
+                       description="cqia-nb build --config SPEC [--set KEY=VALUE ...] [--force]: keys are the "
+                                   "spec's (seed, input, subsets, mixtures, split, format, ...) plus out_dir "
+                                   "(created; must be new or empty).")
+    add_config_options(p, config_help="a YAML build spec, e.g. recipes/subsets-paper.yaml (--spec: the older name)",
+                       aliases=("--spec",))
+    p.add_argument("--seed", type=int, metavar="S", help="older form of --set seed=S")
+    p.add_argument("--input", metavar="INPUT", help="older form of --set input=INPUT")
+    p.add_argument("--force", action="store_true", help="replace a previous build in out_dir")
+    p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="older form of --set out_dir=OUT_DIR")
     p.set_defaults(func=cmd_build)
 
     _add_eval_parsers(sub)  # `eval mc`; further `eval` kinds are added in _add_eval_parsers

@@ -255,13 +255,45 @@ def config_from_mapping(cls: type[T], mapping: Mapping[str, Any], *, where: str 
     if missing:
         raise error(f"{where}: missing required key(s) {', '.join(missing)}")
     kwargs = {f.name: d[f.name] for f in own if f.name in d}
+
+    def build(make: Callable[..., Any], kw: dict[str, Any]) -> Any:
+        try:
+            return make(**kw)
+        except (TypeError, ValueError) as e:
+            raise error(str(e) if str(e).startswith(f"{where}:") else f"{where}: {e}") from e
+
+    for name, pcls in parts.items():
+        sub = {k: d[k] for k in part_keys[name] if k in d}
+        from_dict = getattr(pcls, "from_dict", None)
+        # a part with its own from_dict words its errors itself (naming ``where``)
+        kwargs[name] = from_dict(sub, where) if callable(from_dict) else build(pcls, sub)
+    return build(cls, kwargs)
+
+
+# ----------------------------------------------------------------------------- the command line
+
+SET_HELP = ("override a setting of the config, value parsed as YAML; dotted keys reach into mappings and "
+            "list items (steps.special_chars.max_ratio=0.3, steps.6.max_ratio=0.3); repeatable")
+
+
+def add_config_options(parser: Any, *, config_help: str, required: bool = True, aliases: Sequence[str] = ()) -> Any:
+    """``--config FILE`` (``aliases``: older names of the same option) and repeatable ``--set KEY=VALUE``
+    (into ``args.overrides``) on an ``argparse`` parser: every pipeline subcommand takes these two."""
+    parser.add_argument("--config", *aliases, dest="config", required=required, metavar="FILE", help=config_help)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    return parser
+
+
+def cli_overrides(flags: Mapping[str, Any], sets: Sequence[str], *, flag: str = "--set",
+                  error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """One ordered mapping of overrides: the older per-setting flags that were given (value not None),
+    then the ``--set`` items, so a ``--set`` wins over a flag and both over the file."""
     try:
-        for name, pcls in parts.items():
-            sub = {k: d[k] for k in part_keys[name] if k in d}
-            from_dict = getattr(pcls, "from_dict", None)
-            kwargs[name] = from_dict(sub, where) if callable(from_dict) else pcls(**sub)
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, error):
-            raise
-        raise error(f"{where}: {e}") from e
+        parsed = parse_assignments(list(sets))
+    except AssignmentError as e:
+        raise error(f"{flag} {e.item!r}: expected key=value ({e.reason})") from None
+    out = {k: v for k, v in flags.items() if v is not None}
+    for k, v in parsed.items():
+        out.pop(k, None)  # keep the order: this --set comes after every flag
+        out[k] = v
+    return out
