@@ -209,3 +209,13 @@ def test_build_unknown_keys_fail_with_a_hint(tmp_path, capsys):
     rc, err = _build(["--config", str(spec)], capsys, out)
     assert rc == 2 and "no out_dir" in err[-1]
     assert not out.exists()
+def test_every_pipeline_subcommand_takes_config_and_set():
+    from cqia_nb.cli import build_parser
+
+    ap = build_parser()
+    subs = ap._subparsers._group_actions[0].choices
+    evals = subs["eval"]._subparsers._group_actions[0].choices
+    for name, p in [*((n, subs[n]) for n in ("filter", "build", "train")), ("eval mc", evals["mc"]),
+                    ("eval belle", evals["belle"])]:
+        opts = {s for a in p._actions for s in a.option_strings}
+        assert {"--config", "--set"} <= opts, name
