@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -126,12 +127,13 @@ def worker_minimal(method: str, data: str, steps: int, threads: int, extra: list
         model = T.load_model(cfg, base)
     model.train()
     dev = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(list(train_ds), batch_size=cfg.per_device_batch_size, shuffle=True,
+    loader = torch.utils.data.DataLoader(list(train_ds), batch_size=cfg.per_device_train_batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(cfg.seed),
                                          collate_fn=T.trainer._collator(cfg, tok))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
+    warmup = int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else math.ceil(cfg.warmup_steps * steps)  # as TrainingArguments
+    sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=warmup, num_training_steps=steps)
     step, tokens = 0, 0
     t0 = time.perf_counter()
     while step < steps:
@@ -194,8 +196,8 @@ def gpu_qlora(steps: int, seq_len: int, batch: int) -> dict:
     attn = "flash_attention_2" if __import__("importlib").util.find_spec("flash_attn") else "sdpa"
     cfg = T.TrainConfig.from_yaml(ROOT / "recipes" / "train-yi-6b-qlora.yaml", [
         f"base_model={work / 'llama7b-random'}", "chat_template=chatml", f"data={data}", "val_fraction=0",
-        "eval_steps=null", "save_steps=null", f"max_steps={steps}", f"per_device_batch_size={batch}",
-        "gradient_accumulation=1", f"max_length={seq_len}", "packing=false", f"attn_implementation={attn}",
+        "eval_steps=null", "save_steps=null", f"max_steps={steps}", f"per_device_train_batch_size={batch}",
+        "gradient_accumulation_steps=1", f"max_length={seq_len}", "packing=false", f"attn_implementation={attn}",
         "lora_r=8", f"output_dir={work / 'run'}"])
     torch.cuda.reset_peak_memory_stats()
     res = T.train(cfg)

@@ -9,16 +9,14 @@ from pathlib import Path
 from typing import Sequence
 
 from cqia_nb import build as subsets
-from cqia_nb import models
 from cqia_nb import runner as nbs
 from cqia_nb.build import exports
-from cqia_nb.core.overrides import AssignmentError, parse_assignments
+from cqia_nb.core.overrides import AssignmentError, ConfigError, add_config_options, cli_overrides, parse_assignments
 from cqia_nb.data.load import LoadConfig, config_counts, format_problems, load
 from cqia_nb.eval import mc as ev
 from cqia_nb.eval.belle import cli as open_eval
-from cqia_nb.filter.framework import PipelineConfig, run_pipeline
+from cqia_nb.filter.framework import FilterRun, run_pipeline
 from cqia_nb.filter.outputs import read_kept, write_outputs
-from cqia_nb.models.loading import load_causal_lm
 from cqia_nb.train import cli as train_mod
 
 
@@ -116,29 +114,46 @@ def _filter_input(source: str):
     return res.frame, res
 
 
+def _positional_paths(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, str | None]:
+    """The older positional INPUT / OUT_DIR, as the config keys they stand for."""
+    given = [getattr(args, n) for n in names]
+    if any(v is not None for v in given) and any(v is None for v in given):
+        raise ConfigError(f"give {' and '.join(n.upper() for n in names)} both, or neither and "
+                          + " ".join(f"--set {n}=…" for n in names))
+    return dict(zip(names, given))
+
+
 def cmd_filter(args: argparse.Namespace) -> int:
     import polars as pl
 
-    config = PipelineConfig.from_yaml(args.config)
+    run = FilterRun.from_yaml(args.config, cli_overrides(_positional_paths(args, ("input", "out_dir")),
+                                                         args.overrides))
+    config = run.pipeline
     config.build()  # a bad recipe fails here, before the input is read
-    frame, res = _filter_input(args.input)
+    if run.out_dir is None:
+        raise ConfigError("no out_dir: add --set out_dir=DIR (or give INPUT OUT_DIR)")
+    frame, res = _filter_input(run.input)
     if res is not None and res.problems.height:
         print(f"note: {res.problems.height} problems in the input, {res.n_rejected} records not loaded "
-              f"(run `cqia-nb validate {args.input}`)")
+              f"(run `cqia-nb validate {run.input}`)")
     result = run_pipeline(frame, config)
-    paths = write_outputs(result, args.out_dir)
+    paths = write_outputs(result, run.out_dir)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    tbl_formatting="MARKDOWN", tbl_width_chars=200):
         print(result.steps.drop("seconds").with_columns(pl.all().cast(pl.String)))
-    print(f"outputs: {', '.join(sorted(p.name for p in paths.values()))} in {args.out_dir}")
+    print(f"outputs: {', '.join(sorted(p.name for p in paths.values()))} in {run.out_dir}")
     print(result.summary())
     return 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
 
-    spec = subsets.BuildSpec.from_yaml(args.spec)  # a bad spec fails here, before the input is read
-    out = Path(args.out_dir)
+    flags = {"seed": args.seed, "input": args.input, "out_dir": args.out_dir}
+    # a bad spec fails here, before the input is read
+    spec = subsets.BuildSpec.from_yaml(args.config, cli_overrides(flags, args.overrides, error=subsets.SpecError))
+    if spec.out_dir is None:
+        raise ConfigError("no out_dir: add --set out_dir=DIR (or give OUT_DIR)")
+    out = Path(spec.out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: OUT_DIR exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -151,7 +166,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         import shutil
 
         shutil.rmtree(out)
-    build = subsets.run_build(spec, seed=args.seed, input=args.input)
+    build = subsets.run_build(spec)
     if build.contamination is None and build.contamination_note:
         print(f"note: contamination check {build.contamination_note}", file=sys.stderr)
     hashes = exports.export_all(build, out)
@@ -160,37 +175,18 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_model(spec: str):
-    """--model: a local folder / hub name, or 'tiny' (the cpu-tiny model trained on the bundled data)."""
-    if spec != "tiny":
-        return spec
-
-    return models.tiny_lm(_load("bundled").frame)
+#: the older per-setting flags of `eval mc`, each the config key it stands for
+MC_FLAG_KEYS = ("model", "benchmark", "data", "shots", "dev", "answers", "out", "subjects", "limit", "batch_size",
+                "mode", "prompt_style", "chat", "max_new_tokens", "max_length", "mapping", "device", "seed",
+                "bootstrap")
 
 
 def cmd_eval_mc(args: argparse.Namespace) -> int:
 
-    subjects = [s.strip() for s in args.subjects.split(",") if s.strip()] if args.subjects else None
-    bench = ev.load_benchmark(args.benchmark, args.data, args.dev, args.answers, subjects=subjects,
-                              limit=args.limit, mapping=args.mapping)
-    for note in bench.notes:
-        print(f"note: {note}", file=sys.stderr)
-    if not bench.questions:
-        print(ev.format_problems(bench.problems), file=sys.stderr)
-        raise ValueError(f"{args.data}: no question could be evaluated ({bench.n_excluded} excluded, "
-                         f"problems listed above)")
-    config = ev.MCConfig(shots=args.shots, mode=args.mode, prompt_style=args.prompt_style,
-                         batch_size=args.batch_size, max_length=args.max_length, chat=args.chat,
-                         max_new_tokens=args.max_new_tokens, seed=args.seed, bootstrap=args.bootstrap,
-                         device=args.device, progress=sys.stderr.isatty())
-
-    try:
-        model = load_causal_lm(_eval_model(args.model), device=args.device or "cpu")
-    except OSError as e:  # a missing/unsafe checkpoint is a usage error, not a crash
-        raise ValueError(str(e)) from e
-    result = ev.evaluate_mc(model, bench, config)
-    if args.out:
-        print(f"per-question predictions: {result.to_jsonl(args.out)}", file=sys.stderr)
+    flags = {k: getattr(args, k) for k in MC_FLAG_KEYS}
+    config = ev.MCRunConfig.from_yaml(args.config, cli_overrides(flags, args.overrides),
+                                      defaults={"progress": sys.stderr.isatty()})
+    result = ev.run_mc(config)
     print(result.report())  # its last line: overall accuracy X.XXXX on N questions
     return 0
 
@@ -201,32 +197,40 @@ def _add_eval_parsers(sub) -> argparse._SubParsersAction:
     kinds = p.add_subparsers(dest="eval_kind", required=True, metavar="KIND")
 
     mc = kinds.add_parser("mc", help="C-Eval / CMMLU / SafetyBench multiple choice; prints accuracy per subject "
-                                     "and category, last line `overall accuracy X.XXXX on N questions`")
-    mc.add_argument("--model", required=True, metavar="PATH",
-                    help="a local model folder (safetensors; no remote code), a hub name in the local cache, "
-                         "or 'tiny' (the cpu-tiny model)")
-    mc.add_argument("--benchmark", required=True, choices=["ceval", "cmmlu", "safetybench"])
-    mc.add_argument("--data", required=True, metavar="DIR",
-                    help="folder of per-subject CSVs (e.g. ../shared/benchmarks/ceval/val), or SafetyBench's JSON file")
-    mc.add_argument("--shots", type=int, default=0, metavar="K", help="k-shot examples from the dev split (default 0)")
+                                     "and category, last line `overall accuracy X.XXXX on N questions`",
+                          description="cqia-nb eval mc [--config RECIPE] [--set KEY=VALUE ...]: keys are "
+                                      "MCRunConfig's and MCConfig's (model, benchmark, data, shots, subjects, limit, "
+                                      "out, device, ...; see recipes/eval-ceval.yaml); each older flag below sets "
+                                      "the key of its name.")
+    add_config_options(mc, required=False,
+                       config_help="an eval recipe, e.g. recipes/eval-ceval.yaml, eval-cmmlu.yaml, eval-safetybench.yaml")
+    mc.add_argument("--model", metavar="PATH",
+                    help="= --set model=PATH: a local model folder (safetensors; no remote code), a hub name in the "
+                         "local cache, or 'tiny' (the cpu-tiny model)")
+    mc.add_argument("--benchmark", choices=["ceval", "cmmlu", "safetybench"], help="= --set benchmark=NAME")
+    mc.add_argument("--data", metavar="DIR",
+                    help="= --set data=DIR: folder of per-subject CSVs (e.g. ../shared/benchmarks/ceval/val), or "
+                         "SafetyBench's JSON file")
+    mc.add_argument("--shots", type=int, metavar="K", help="k-shot examples from the dev split (default 0)")
     mc.add_argument("--dev", metavar="DIR", help="few-shot pool (default: a dev/ folder beside --data; "
                                                  "SafetyBench: dev_zh.json beside the file)")
     mc.add_argument("--answers", metavar="FILE", help="SafetyBench answer key for a test file (test_answers_zh*.json)")
     mc.add_argument("--out", metavar="FILE", help="write one JSON line per question (prediction, option scores)")
     mc.add_argument("--subjects", metavar="A,B", help="only these subjects (SafetyBench: categories), comma-separated")
     mc.add_argument("--limit", type=int, metavar="N", help="only the first N questions of each subject")
-    mc.add_argument("--batch-size", type=int, default=16, metavar="B")
-    mc.add_argument("--mode", choices=["loglikelihood", "generate"], default="loglikelihood",
+    mc.add_argument("--batch-size", type=int, metavar="B", help="default 16")
+    mc.add_argument("--mode", choices=["loglikelihood", "generate"],
                     help="score the option letters (default) or generate and extract a letter (chat models)")
-    mc.add_argument("--prompt-style", choices=["harness", "upstream"], default="harness",
+    mc.add_argument("--prompt-style", choices=["harness", "upstream"],
                     help="lm-evaluation-harness's prompts (default) or the benchmark authors' scripts'")
-    mc.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
-    mc.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="generate mode: reply length")
+    mc.add_argument("--chat", action="store_true", default=None,
+                    help="wrap each prompt in the tokenizer's chat template")
+    mc.add_argument("--max-new-tokens", type=int, metavar="N", help="generate mode: reply length (default 32)")
     mc.add_argument("--max-length", type=int, metavar="N", help="context length (default: the model's)")
     mc.add_argument("--mapping", metavar="FILE", help="subject_mapping.json / categories.py when not beside --data")
     mc.add_argument("--device", help="cpu, cuda, ... (default cpu)")
-    mc.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    mc.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap replicates (default 1000)")
+    mc.add_argument("--seed", type=int, help="bootstrap seed (default 0)")
+    mc.add_argument("--bootstrap", type=int, metavar="N", help="bootstrap replicates (default 1000)")
     mc.set_defaults(func=cmd_eval_mc)
 
     belle = kinds.add_parser("belle", help="BELLE-EVAL open questions: generate answers (cached), score them with "
@@ -257,21 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-run on the defaults and store outputs of NBVAL_CHECK_OUTPUT cells only")
     p.set_defaults(func=cmd_notebooks)
 
-    p = sub.add_parser("filter", help="run a filter recipe; writes kept/dropped (.parquet, .jsonl) and steps.csv")
-    p.add_argument("--config", required=True, metavar="RECIPE", help="a YAML recipe, e.g. recipes/filter-default.yaml")
-    p.add_argument("input", metavar="INPUT",
-                   help="a COIG-CQIA folder or .jsonl file, 'bundled', or a kept.parquet from a previous run")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the outputs (created)")
+    p = sub.add_parser("filter", help="run a filter recipe; writes kept/dropped (.parquet, .jsonl) and steps.csv",
+                       description="cqia-nb filter --config RECIPE [--set KEY=VALUE ...]: keys are the recipe's "
+                                   "(name, steps) plus input ('bundled', a COIG-CQIA folder or .jsonl file, or a "
+                                   "kept.parquet from a previous run; default bundled) and out_dir (created).")
+    add_config_options(p, config_help="a YAML recipe, e.g. recipes/filter-default.yaml")
+    p.add_argument("input", metavar="INPUT", nargs="?", help="older form of --set input=INPUT")
+    p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="older form of --set out_dir=OUT_DIR")
     p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("build", help="build subsets and mixtures from a spec; writes every export format and "
-                                     "prints `SHA256  path` per file")
-    p.add_argument("--spec", required=True, metavar="SPEC", help="a YAML build spec, e.g. recipes/subsets-paper.yaml")
-    p.add_argument("--seed", type=int, metavar="S", help="random seed (default: the spec's `seed:`)")
-    p.add_argument("--input", metavar="INPUT", help="'bundled', a COIG-CQIA folder, or a `cqia-nb filter` output "
-                                                    "folder with kept.parquet (default: the spec's `input:`)")
-    p.add_argument("--force", action="store_true", help="replace a previous build in OUT_DIR")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="folder for the outputs (created; must be new or empty)")
+                                     "prints `SHA256  path` per file",
+                       description="cqia-nb build --config SPEC [--set KEY=VALUE ...] [--force]: keys are the "
+                                   "spec's (seed, input, subsets, mixtures, split, format, ...) plus out_dir "
+                                   "(created; must be new or empty).")
+    add_config_options(p, config_help="a YAML build spec, e.g. recipes/subsets-paper.yaml (--spec: the older name)",
+                       aliases=("--spec",))
+    p.add_argument("--seed", type=int, metavar="S", help="older form of --set seed=S")
+    p.add_argument("--input", metavar="INPUT", help="older form of --set input=INPUT")
+    p.add_argument("--force", action="store_true", help="replace a previous build in out_dir")
+    p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="older form of --set out_dir=OUT_DIR")
     p.set_defaults(func=cmd_build)
 
     _add_eval_parsers(sub)  # `eval mc`; further `eval` kinds are added in _add_eval_parsers

@@ -1,7 +1,10 @@
-"""``cqia-nb validate`` / ``stats``: output format and exit codes."""
+"""``cqia-nb``: ``validate`` / ``stats`` output and exit codes; the ``--config FILE --set KEY=VALUE``
+convention of ``filter`` and ``build`` (old flags map onto the same keys). ``train`` and ``eval`` have
+theirs in tests/train and tests/eval."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +59,163 @@ def test_validate_real_copy(real_data):
     assert r.returncode == 1
     assert lines[-1] == "17971 records loaded, 4 problems"
     assert all("Git LFS pointer" in l for l in lines[:-1]) and len(lines) == 5
+
+
+# ----------------------------------------------------------------------------- filter: --config + --set
+
+RECIPE = """\
+name: small
+steps:
+  - filter: length
+    label: output_length
+    field: output
+    min_chars: 1
+  - filter: special_chars
+    max_ratio: 0.25
+  - filter: url
+"""
+
+
+@pytest.fixture
+def filter_input(tmp_path: Path) -> Path:
+    src = tmp_path / "in" / "x.jsonl"
+    src.parent.mkdir()
+    src.write_bytes(jsonl([make_record(), make_record(output="详见 http://x.cn"), make_record(output="是的"),
+                           make_record(output="😀" * 20 + "好"), make_record(output="短")]))
+    return src
+
+
+def _filter(args: list[str], capsys) -> tuple[int, list[str]]:
+    rc = main(["filter", *args])
+    cap = capsys.readouterr()
+    return rc, [x for x in (cap.out + cap.err).splitlines() if not x.startswith("outputs:")]
+
+
+def test_filter_set_equals_the_positional_form(tmp_path, filter_input, capsys, monkeypatch):
+    monkeypatch.setenv("CQIA_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    old, new = tmp_path / "old", tmp_path / "new"
+    rc_old, out_old = _filter(["--config", str(recipe), str(filter_input), str(old)], capsys)
+    rc_new, out_new = _filter(["--config", str(recipe), "--set", f"input={filter_input}", "--set", f"out_dir={new}"],
+                              capsys)
+    assert rc_old == rc_new == 0 and out_old == out_new and out_old[-1] == "5 in, 3 kept, 2 dropped"
+    for name in ("kept.jsonl", "dropped.jsonl"):  # (steps.csv holds timings)
+        assert (old / name).read_bytes() == (new / name).read_bytes(), name
+    # input/out_dir may sit in the recipe itself
+    inrecipe = tmp_path / "r2.yaml"
+    inrecipe.write_text(RECIPE + f"input: {filter_input}\nout_dir: {tmp_path / 'third'}\n", encoding="utf-8")
+    assert _filter(["--config", str(inrecipe)], capsys) == (0, out_old)
+
+
+def test_filter_set_reaches_a_step_by_name_or_position(tmp_path, filter_input, capsys, monkeypatch):
+    monkeypatch.setenv("CQIA_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(RECIPE.replace("max_ratio: 0.25", "max_ratio: 0.9").replace("min_chars: 1", "min_chars: 3"),
+                      encoding="utf-8")
+    base = ["--set", f"input={filter_input}"]
+    want = _filter(["--config", str(edited), *base, "--set", f"out_dir={tmp_path / 'a'}"], capsys)
+    assert want[0] == 0 and want[1][-1] == "5 in, 2 kept, 3 dropped"  # the stricter length, the laxer ratio
+    by_name = _filter(["--config", str(recipe), *base, "--set", "steps.special_chars.max_ratio=0.9",
+                       "--set", "steps.output_length.min_chars=3", "--set", f"out_dir={tmp_path / 'b'}"], capsys)
+    by_pos = _filter(["--config", str(recipe), *base, "--set", "steps.2.max_ratio=0.9",
+                      "--set", "steps.1.min_chars=3", "--set", f"out_dir={tmp_path / 'c'}"], capsys)
+    assert by_name == by_pos == want
+    assert (tmp_path / "a" / "kept.jsonl").read_bytes() == (tmp_path / "b" / "kept.jsonl").read_bytes()
+
+
+def test_filter_unknown_step_key_or_parameter_fails_with_a_hint(tmp_path, filter_input, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE, encoding="utf-8")
+    out = tmp_path / "out"
+    base = ["--config", str(recipe), "--set", f"input={filter_input}", "--set", f"out_dir={out}"]
+    rc, lines = _filter([*base, "--set", "steps.special_char.max_ratio=0.3"], capsys)
+    assert rc == 2
+    assert ("no step 'special_char' in steps (did you mean 'special_chars'?); steps (position name): "
+            "1 output_length, 2 special_chars, 3 url") in lines[-1]
+    rc, lines = _filter([*base, "--set", "stepz.url.x=1"], capsys)
+    assert rc == 2 and "unknown key(s) 'stepz' (did you mean 'steps'?); valid keys: input, name, out_dir, steps" in lines[-1]
+    rc, lines = _filter([*base, "--set", "steps.url.max_cont=1"], capsys)
+    assert rc == 2 and "step 3 (url): filter 'url' has no parameter(s) ['max_cont'] (did you mean 'max_count'?)" in "".join(lines)
+    assert not out.exists()  # nothing written
+    rc, lines = _filter(["--config", str(recipe), str(filter_input)], capsys)
+    assert rc == 2 and "give INPUT and OUT_DIR both" in lines[-1]
+    rc, lines = _filter(["--config", str(recipe)], capsys)
+    assert rc == 2 and "no out_dir: add --set out_dir=DIR" in lines[-1]
+
+
+# ----------------------------------------------------------------------------- build: --config + --set
+
+SPEC = """\
+name: cli
+seed: 2
+builtin: [config.ruozhiba]
+mixtures:
+  - name: mix
+    parts: [{subset: group.law, tokens: 2000}, {subset: config.ruozhiba, tokens: 2000}]
+exports: [jsonl, trl, card]
+"""
+
+
+def _build(args: list[str], capsys, out: Path) -> tuple[int, list[str]]:
+    rc = main(["build", *args])
+    cap = capsys.readouterr()
+    return rc, [x.replace(f"  {out.as_posix()}/", "  OUT/") for x in cap.out.splitlines()] or cap.err.splitlines()
+
+
+def test_build_set_equals_the_old_flags(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    old, new = tmp_path / "old", tmp_path / "new"
+    a = _build(["--spec", str(spec), "--seed", "7", "--input", "bundled", str(old)], capsys, old)
+    b = _build(["--config", str(spec), "--set", "seed=7", "--set", "input=bundled", "--set", f"out_dir={new}"],
+               capsys, new)
+    assert a[0] == b[0] == 0 and a[1] == b[1] and len(a[1]) > 4
+    assert all(re.fullmatch(r"[0-9a-f]{64}  OUT/.+", x) for x in a[1])
+    c = _build(["--config", str(spec), "--set", f"out_dir={tmp_path / 'c'}"], capsys, tmp_path / "c")
+    assert c[0] == 0 and c[1] != a[1]  # seed 2, from the spec: other samples
+    card = (new / "README.md").read_text(encoding="utf-8")
+    assert f"cqia-nb build --config {spec.as_posix()} --set seed=7 --set input=bundled --set out_dir=OUT_DIR" in card
+
+
+def test_build_dotted_set_into_a_mixture_and_the_format(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(SPEC.replace("tokens: 2000}, {subset: config.ruozhiba, tokens: 2000}",
+                                   "tokens: 1000}, {subset: config.ruozhiba, tokens: 2000}")
+                      + "format: {max_length: 300}\n", encoding="utf-8")
+    a = _build(["--config", str(edited), "--set", f"out_dir={tmp_path / 'a'}"], capsys, tmp_path / "a")
+    b = _build(["--config", str(spec), "--set", "mixtures.mix.parts.group.law.tokens=1000",
+                "--set", "format.max_length=300", "--set", f"out_dir={tmp_path / 'b'}"], capsys, tmp_path / "b")
+    data = lambda r: [x for x in r[1] if not x.endswith("OUT/README.md")]  # noqa: E731 (the card names the file)
+    assert a[0] == b[0] == 0 and data(a) == data(b) and len(data(a)) > 4
+    plain = _build(["--config", str(spec), "--set", f"out_dir={tmp_path / 'p'}"], capsys, tmp_path / "p")
+    assert data(plain) != data(a)
+
+
+def test_build_unknown_keys_fail_with_a_hint(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC, encoding="utf-8")
+    out = tmp_path / "out"
+    rc, err = _build(["--config", str(spec), "--set", "sed=3", str(out)], capsys, out)
+    assert rc == 2 and "unknown key(s) 'sed' (did you mean 'seed'?)" in err[-1]
+    rc, err = _build(["--config", str(spec), "--set", "format.max_lenght=3", str(out)], capsys, out)
+    assert rc == 2 and "format: unknown key(s) 'max_lenght' (did you mean 'max_length'?)" in err[-1]
+    rc, err = _build(["--config", str(spec), "--set", "mixtures.mixx.size=3", str(out)], capsys, out)
+    assert rc == 2 and "no mixture 'mixx' in mixtures (did you mean 'mix'?); mixtures (position name): 1 mix" in err[-1]
+    rc, err = _build(["--config", str(spec)], capsys, out)
+    assert rc == 2 and "no out_dir" in err[-1]
+    assert not out.exists()
+def test_every_pipeline_subcommand_takes_config_and_set():
+    from cqia_nb.cli import build_parser
+
+    ap = build_parser()
+    subs = ap._subparsers._group_actions[0].choices
+    evals = subs["eval"]._subparsers._group_actions[0].choices
+    for name, p in [*((n, subs[n]) for n in ("filter", "build", "train")), ("eval mc", evals["mc"]),
+                    ("eval belle", evals["belle"])]:
+        opts = {s for a in p._actions for s in a.option_strings}
+        assert {"--config", "--set"} <= opts, name

@@ -378,8 +378,8 @@ def card_text(build: Any, files: dict[str, str]) -> str:
     # spec
     lines += ["## Spec", "", "```yaml", yaml.safe_dump(spec.as_dict(), allow_unicode=True, sort_keys=False).rstrip("\n"),
               "```", "", "Reproduce:", "", "```bash",
-              f"cqia-nb build --spec {Path(spec.path).as_posix() if spec.path else 'SPEC'} --seed {build.seed} "
-              f"--input {inp.source} OUT_DIR", "```", ""]
+              f"cqia-nb build --config {Path(spec.path).as_posix() if spec.path else 'SPEC'} --set seed={build.seed} "
+              f"--set input={inp.source} --set out_dir=OUT_DIR", "```", ""]
     lines += ["## Files", "", "SHA-256 of every file of this build except this card:", "", "```"]
     lines += [f"{h}  {p}" for p, h in sorted(files.items())]
     lines += ["```", ""]

@@ -48,6 +48,7 @@ import numpy as np
 import polars as pl
 
 from cqia_nb.core.chat import NAMED_TEMPLATES, messages_expr, render_expr
+from cqia_nb.core.overrides import unknown_keys_message
 from cqia_nb.core.paths import cache_dir
 from cqia_nb.data.tokens import TokenizerConfig, tiny_tokenizer
 
@@ -86,9 +87,9 @@ class FormatConfig:
     def from_dict(cls, d: dict[str, Any] | None, where: str = "format") -> "FormatConfig":
         d = dict(d or {})
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
+        unknown = set(d) - known
         if unknown:
-            raise FormattingError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+            raise FormattingError(f"{where}: {unknown_keys_message(unknown, known)}")
         return cls(**d)
 
 

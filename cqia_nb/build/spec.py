@@ -58,11 +58,12 @@ import re
 from dataclasses import dataclass, field
 from dataclasses import fields as dc_fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import polars as pl
 
 from cqia_nb.build.formatting import FormatConfig, FormattingError
+from cqia_nb.core.overrides import apply_overrides, read_yaml_mapping, unknown_keys_message
 from cqia_nb.data.schema import CONFIGS
 
 
@@ -84,9 +85,9 @@ def _str_tuple(v: Any, where: str, key: str) -> tuple[str, ...]:
 
 
 def _check_keys(d: dict, known: set[str], where: str) -> None:
-    unknown = sorted(set(d) - known)
+    unknown = set(d) - known
     if unknown:
-        raise SpecError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        raise SpecError(f"{where}: {unknown_keys_message(unknown, known)}")
 
 
 def _check_name(name: Any, where: str) -> str:
@@ -330,6 +331,7 @@ class BuildSpec:
     format: Any = None                     # formatting.FormatConfig
     contamination: ContaminationSpec | None = None
     exports: tuple[str, ...] = EXPORT_FORMATS
+    out_dir: str | None = None             # where `cqia-nb build` writes (not part of the outputs)
     path: str | None = None                # the YAML file, for resolving relative paths
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -340,7 +342,7 @@ class BuildSpec:
         if not isinstance(d, dict):
             raise SpecError(f"{source}: a build spec is a mapping (name, subsets, mixtures, ...), got {type(d).__name__}")
         _check_keys(d, {"name", "description", "input", "seed", "builtin", "subsets", "mixtures", "split",
-                        "format", "contamination", "exports"}, source)
+                        "format", "contamination", "exports", "out_dir"}, source)
         seed = d.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise SpecError(f"{source}: `seed` must be a non-negative integer, got {seed!r}")
@@ -377,28 +379,24 @@ class BuildSpec:
         inp = d.get("input")
         if inp is not None and not isinstance(inp, str):
             raise SpecError(f"{source}: `input` must be a string ('bundled', a folder, or a filter output folder)")
+        out_dir = d.get("out_dir")
+        if out_dir is not None and (not isinstance(out_dir, str) or not out_dir):
+            raise SpecError(f"{source}: `out_dir` must be a folder path, got {out_dir!r}")
         spec = cls(name=_check_name(d.get("name", "build"), source), description=str(d.get("description", "")),
                    input=inp, seed=seed, builtin=builtin, subsets=subsets, mixtures=mixtures, validation=float(val),
-                   format=fmt, contamination=contamination, exports=exports,
+                   format=fmt, contamination=contamination, exports=exports, out_dir=out_dir,
                    path=source if source != "<dict>" else None, raw=d)
         spec.check_names()
         return spec
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "BuildSpec":
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: build spec not found (see recipes/subsets-paper.yaml)")
-        try:
-            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark is not None else ""
-            raise SpecError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', None) or e}; check indentation "
-                            "and quote values containing ':' or '#'") from e
-        return cls.from_dict(d, str(p))
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> "BuildSpec":
+        """A spec file plus ``--set`` overrides (``KEY=VALUE`` strings or a parsed mapping; dotted keys
+        reach into mappings and named list items: ``format.max_length=512``,
+        ``subsets.zhihu-top.quality_tier=[9.0-10]``, ``mixtures.mix-groups.size=500``)."""
+        d = read_yaml_mapping(path, what="build spec", error=SpecError,
+                              missing_hint=" (see recipes/subsets-paper.yaml)")
+        return cls.from_dict(apply_overrides(d, overrides, error=SpecError), str(path))
 
     # ---- names
     def subset_specs(self) -> dict[str, SubsetSpec]:

@@ -24,6 +24,7 @@ from cqia_nb.filter.framework import (  # noqa: F401
     FILTERS,
     STEPS_SCHEMA,
     Filter,
+    FilterRun,
     Measured,
     PipelineConfig,
     PipelineResult,

@@ -36,9 +36,18 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, Mapping, Sequence, Union
 
 import polars as pl
+
+from cqia_nb.core.overrides import (
+    ConfigError,
+    apply_overrides,
+    config_from_mapping,
+    did_you_mean,
+    read_yaml_mapping,
+    unknown_keys_message,
+)
 
 FILTERS: dict[str, type["Filter"] | type["Transform"]] = {}
 #: Columns added to every dropped record.
@@ -238,7 +247,8 @@ def make_filter(name: str, **params: Any) -> Filter | Transform:
     fields_ = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - set(fields_))
     if unknown:
-        raise ValueError(f"filter {name!r} has no parameter(s) {unknown}; its parameters: {sorted(fields_)}")
+        raise ValueError(f"filter {name!r} has no parameter(s) {unknown}{did_you_mean(unknown[0], fields_)}; "
+                         f"its parameters: {sorted(fields_)}")
     try:
         hints = typing.get_type_hints(cls)
     except Exception:  # an annotation that cannot be resolved: skip type checks, not the step
@@ -301,6 +311,9 @@ class PipelineConfig:
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "PipelineConfig":
         if not isinstance(d, dict):
             raise ValueError(f"{source}: a recipe is a mapping with a `steps:` list, got {type(d).__name__}")
+        unknown = set(d) - {"name", "steps"}
+        if unknown:
+            raise ConfigError(f"{source}: {unknown_keys_message(unknown, ['name', 'steps'])}")
         raw_steps = d.get("steps")
         if raw_steps is not None and not isinstance(raw_steps, list):
             raise ValueError(f"{source}: `steps:` must be a list of `- filter: NAME` items")
@@ -330,23 +343,9 @@ class PipelineConfig:
         return cls(steps=steps, name=str(d.get("name", Path(source).stem)))
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: recipe not found (see recipes/ for examples)")
-        text = p.read_text(encoding="utf-8")
-        try:
-            d = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            line = mark.line if mark is not None else None
-            where = f" at line {line + 1}" if line is not None else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise ValueError(f"{p}: not valid YAML{where}{_yaml_error_step(text, line)}: {problem}; "
-                             "check indentation and quote values containing ':' or '#'") from e
-        return cls.from_dict(d, str(p))
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> "PipelineConfig":
+        """The recipe's pipeline, with ``--set`` overrides (:meth:`FilterRun.from_yaml`)."""
+        return FilterRun.from_yaml(path, overrides).pipeline
 
     def step_names(self) -> list[str]:
         """Unique step names: the label or filter name, repeats suffixed "#2", "#3"."""
@@ -372,6 +371,38 @@ class PipelineConfig:
         if errors:
             raise ValueError("bad recipe:\n" + "\n".join(errors))
         return out
+
+
+@dataclass
+class FilterRun:
+    """What ``cqia-nb filter`` runs: a recipe's pipeline, where the records come from and where the
+    outputs go. A recipe may set ``input:`` ('bundled', a COIG-CQIA folder or .jsonl file, or a
+    previous run's kept.parquet) and ``out_dir:`` beside ``name:`` and ``steps:``; ``--set``
+    overrides any key, a step's parameter by the step's label or filter name
+    (``steps.special_chars.max_ratio=0.3``) or 1-based position (``steps.6.max_ratio=0.3``)."""
+
+    pipeline: PipelineConfig
+    input: str = "bundled"
+    out_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input, str) or not self.input:
+            raise ConfigError(f"input: a path or 'bundled', got {self.input!r}")
+        if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir):
+            raise ConfigError(f"out_dir: a folder path, got {self.out_dir!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "FilterRun":
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{source}: a recipe is a mapping with a `steps:` list, got {type(d).__name__}")
+        return config_from_mapping(cls, d, where=source, parts={"pipeline": PipelineConfig})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> "FilterRun":
+        """A recipe file plus ``overrides`` (``KEY=VALUE`` strings or a parsed mapping, dotted keys)."""
+        d = read_yaml_mapping(path, what="recipe", missing_hint=" (see recipes/ for examples)",
+                              locate=_yaml_error_step)
+        return cls.from_dict(apply_overrides(d, overrides), str(path))
 
 
 @dataclass

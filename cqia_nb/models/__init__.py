@@ -47,6 +47,7 @@ from cqia_nb.models.store import (  # noqa: F401
 from cqia_nb.models.tiny import (  # noqa: F401
     TinyModelConfig,
     build_tiny_model,
+    resolve_model,
     tiny_lm,
     tiny_training_texts,
     train_tiny_lm,

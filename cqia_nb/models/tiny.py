@@ -26,6 +26,7 @@ import polars as pl
 
 from cqia_nb.core.chat import CHATML_TEMPLATE, render_chatml, user_content
 from cqia_nb.core.hashing import content_key
+from cqia_nb.data.load import LoadConfig, load
 from cqia_nb.data.tokens import TokenizerConfig, tiny_tokenizer
 from cqia_nb.models.loading import load_causal_lm, model_fingerprint
 from cqia_nb.models.store import MODEL_VERSION, is_complete, models_dir, save_model
@@ -201,3 +202,16 @@ def tiny_lm(frame: pl.DataFrame, steps: int = 40, config: TinyModelConfig = Tiny
     if steps <= 0:
         return folder
     return train_tiny_lm(folder, tiny_training_texts(frame), steps=steps, seed=config.seed)
+
+
+def resolve_model(spec: str | Path) -> str | Path:
+    """A ``model`` setting of the evaluation commands as given (a folder, a hub name), except
+    ``"tiny"``: the cpu-tiny model built and LM-trained on the bundled data (:func:`tiny_lm`, cached)."""
+    if str(spec) != "tiny":
+        return spec
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # load problems of the bundled copy are the validate command's business
+        frame = load(LoadConfig(source="bundled")).frame
+    return tiny_lm(frame)

@@ -1,4 +1,4 @@
-"""``python -m cqia_nb.train`` / ``cqia-nb train``."""
+"""``cqia-nb train --config RECIPE [--set KEY=VALUE ...]`` (also ``python -m cqia_nb.train``)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import json
 import sys
 from typing import Sequence
 
+from cqia_nb.core.overrides import add_config_options
 from cqia_nb.train.config import TrainConfig, TrainConfigError
 from cqia_nb.train.trainer import train
 
 
 def add_cli_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``python -m cqia_nb.train`` (also ``cqia-nb train``)."""
-    ap.add_argument("--config", required=True, help="a recipes/train-*.yaml file")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a setting (value parsed as YAML); repeatable")
+    add_config_options(ap, config_help="a training recipe, e.g. recipes/train-cpu-tiny.yaml (keys: TrainConfig's)")
     ap.add_argument("--resume", action="store_true", help="continue from the last checkpoint in output_dir")
     ap.add_argument("--progress", action="store_true", help="show a progress bar")
     return ap

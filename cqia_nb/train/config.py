@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from cqia_nb.core.overrides import AssignmentError, parse_assignments
+from cqia_nb.core.overrides import (
+    AssignmentError,
+    apply_overrides,
+    config_from_mapping,
+    parse_assignments,
+    read_yaml_mapping,
+)
 from cqia_nb.models.smollm2 import find_smollm2_gguf, smollm2_cached
 
 METHODS = ("full", "lora", "qlora")
@@ -22,6 +28,11 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "train_config.yaml"
+#: Former names of keys that map to a ``transformers.TrainingArguments`` field, now spelled as there;
+#: an old name in a recipe or a ``--set`` fails naming the new one.
+RENAMED = {"epochs": "num_train_epochs", "gradient_accumulation": "gradient_accumulation_steps",
+           "lr_scheduler": "lr_scheduler_type", "per_device_batch_size": "per_device_train_batch_size",
+           "warmup_ratio": "warmup_steps"}
 
 
 class TrainConfigError(ValueError):
@@ -50,17 +61,17 @@ class TrainConfig:
     bnb_4bit_quant_type: str = "nf4"
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_compute_dtype: str = "float32"
-    # optimisation
+    # optimisation (keys that are transformers.TrainingArguments fields carry its names)
     precision: str = "fp32"                # fp32 | bf16 | fp16 (mixed precision; GPU for fp16)
     learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.0
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = 0                # a float in [0, 1): share of the steps; an int >= 1: steps
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    epochs: float = 1.0
-    max_steps: int = -1                    # > 0 overrides epochs
-    per_device_batch_size: int = 4
-    gradient_accumulation: int = 1
+    num_train_epochs: float = 1.0
+    max_steps: int = -1                    # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 4   # also the evaluation batch size
+    gradient_accumulation_steps: int = 1
     max_length: int = 512
     packing: bool = False
     gradient_checkpointing: bool = False
@@ -87,34 +98,23 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None, where: str = "config") -> "TrainConfig":
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            import difflib
-
-            hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, known, 1)) else repr(u)
-                     for u in unknown]
-            raise TrainConfigError(f"{where}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(sorted(known))}")
-        cfg = cls(**d)
+        """A validated config from a mapping (``core.overrides.config_from_mapping``): unknown keys
+        fail with a "did you mean", former names (``RENAMED``) fail naming the new key."""
+        cfg = config_from_mapping(cls, d or {}, where=where, error=TrainConfigError, renamed=RENAMED,
+                                  renamed_why=" (the transformers TrainingArguments name)")
         cfg.validate()
         return cfg
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "TrainConfig":
-        import yaml
-
-        p = Path(path)
+        """A recipe plus ``--set`` overrides (``KEY=VALUE``, values parsed as YAML; dotted keys reach
+        into a mapping such as an inline ``deepspeed``)."""
         try:
-            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise TrainConfigError(f"config file {str(p)!r} not found") from None
-        except yaml.YAMLError as e:
-            raise TrainConfigError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(d, dict):
-            raise TrainConfigError(f"{p}: expected a mapping of settings, got {type(d).__name__}")
-        d.update(parse_overrides(overrides))
-        return cls.from_dict(d, where=str(p))
+            d = read_yaml_mapping(path, what="config", error=TrainConfigError,
+                                  missing_hint=" (see recipes/train-*.yaml)")
+        except FileNotFoundError as e:
+            raise TrainConfigError(str(e)) from None
+        return cls.from_dict(apply_overrides(d, overrides, error=TrainConfigError), where=str(path))
 
     def replace(self, **over: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**dataclasses.asdict(self), **over})
@@ -141,8 +141,9 @@ class TrainConfig:
             bad("base_model", "must be 'tiny', a local folder or a hub id")
         if self.precision not in PRECISIONS:
             bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.lr_scheduler not in SCHEDULERS:
-            bad("lr_scheduler", f"unknown scheduler {self.lr_scheduler!r}; use one of {', '.join(SCHEDULERS)}")
+        if self.lr_scheduler_type not in SCHEDULERS:
+            bad("lr_scheduler_type", f"unknown scheduler {self.lr_scheduler_type!r}; "
+                                     f"use one of {', '.join(SCHEDULERS)}")
         if self.method in ("lora", "qlora"):
             if num("lora_r", int) < 1:
                 bad("lora_r", f"LoRA rank must be >= 1, got {self.lora_r} (use method: full for no adapter)")
@@ -167,8 +168,10 @@ class TrainConfig:
                 bad(key, f"must be true or false, got {getattr(self, key)!r}")
         if num("learning_rate") <= 0:
             bad("learning_rate", f"must be > 0, got {self.learning_rate}")
-        if not 0 <= num("warmup_ratio") < 1:
-            bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        w = num("warmup_steps")
+        if w < 0 or (isinstance(w, float) and w >= 1):
+            bad("warmup_steps", f"must be a share of the training steps in [0, 1) (a float, e.g. 0.03) or a number "
+                                f"of steps (an integer >= 0), got {w!r}")
         if num("weight_decay") < 0:
             bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if num("max_grad_norm") < 0:
@@ -186,9 +189,10 @@ class TrainConfig:
             near = difflib.get_close_matches(str(self.optim), optims, 3)
             bad("optim", f"unknown optimizer {self.optim!r}" + (f" (did you mean {', '.join(near)}?)" if near else "")
                 + "; see transformers' OptimizerNames, e.g. adamw_torch, paged_adamw_8bit")
-        if self.max_steps <= 0 and num("epochs") <= 0:
-            bad("epochs", f"set epochs > 0 or max_steps > 0 (got epochs={self.epochs}, max_steps={self.max_steps})")
-        for key in ("per_device_batch_size", "gradient_accumulation", "logging_steps", "tiny_vocab_size",
+        if self.max_steps <= 0 and num("num_train_epochs") <= 0:
+            bad("num_train_epochs", f"set num_train_epochs > 0 or max_steps > 0 (got num_train_epochs="
+                                    f"{self.num_train_epochs}, max_steps={self.max_steps})")
+        for key in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps", "tiny_vocab_size",
                     "tiny_hidden_size", "tiny_layers"):
             if num(key, int) < 1:
                 bad(key, f"must be >= 1, got {getattr(self, key)}")

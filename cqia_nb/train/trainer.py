@@ -237,12 +237,12 @@ def _training_args(config: TrainConfig, has_eval: bool):
 
     on_cpu = not cuda_available()
     kw: dict[str, Any] = dict(
-        output_dir=config.output_dir, learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=float(config.warmup_ratio), weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-        num_train_epochs=config.epochs, max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_batch_size,
-        per_device_eval_batch_size=config.per_device_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation, seed=config.seed, data_seed=config.seed,
+        output_dir=config.output_dir, learning_rate=config.learning_rate, lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+        num_train_epochs=config.num_train_epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, seed=config.seed, data_seed=config.seed,
         logging_steps=config.logging_steps, logging_first_step=False,
         save_strategy="steps" if config.save_steps else "no", save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit,

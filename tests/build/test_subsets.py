@@ -48,7 +48,7 @@ def built() -> S.Build:
     ({"subsets": [{"name": "a", "configs": ["zhihuu"]}]}, r"subsets\[0\] \(a\): unknown config\(s\) \['zhihuu'\]"),
     ({"subsets": [{"name": "a", "groups": ["medicine"]}]}, r"unknown group\(s\) \['medicine'\]; groups: social_media"),
     ({"subsets": [{"name": "a"}]}, r"subsets\[0\] \(a\): no criteria"),
-    ({"subsets": [{"name": "a", "configz": ["zhihu"]}]}, r"unknown key\(s\) \['configz'\]"),
+    ({"subsets": [{"name": "a", "configz": ["zhihu"]}]}, r"unknown key\(s\) 'configz' \(did you mean 'configs'\?\); valid keys: "),
     ({"subsets": [{"name": "a b", "configs": ["zhihu"]}]}, r"`name` must be letters"),
     ({"subsets": [{"name": "a", "where": "output_chars >"}]}, r"cannot parse `where: output_chars >`"),
     ({"subsets": [{"name": "a", "where": "1=1; drop table x"}]}, r"remove the ';'"),

@@ -395,6 +395,82 @@ def test_cli_main_runs_and_appends_results(tiny_model, stub, tmp_path, capsys, m
     assert "no judge: give --judge-url" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- CLI: --config + --set
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _belle(args: list[str], capsys, out: Path | None = None, results: Path | None = None) -> tuple[int, list[str], str]:
+    from cqia_nb.cli import main
+
+    rc = main(["eval", "belle", *args])
+    cap = capsys.readouterr()
+    text = cap.out
+    for path, word in ((out, "OUT"), (results, "RESULTS")):
+        text = text.replace(str(path), word) if path is not None else text
+    return rc, text.splitlines(), cap.err
+
+
+def test_cli_belle_recipe_and_set_equal_the_old_flags(tiny_model, stub, tmp_path, capsys):
+    folder = make_belle(tmp_path / "b", ITEMS)
+    res_old, res_new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old = _belle(["--model", str(tiny_model), "--data", str(folder), "--judge-url", stub.url, "--judge-model", "stub",
+                  "--out", str(tmp_path / "o1"), "--limit", "3", "--max-new-tokens", "3", "--results", str(res_old),
+                  "--name", "tiny-cli"], capsys, tmp_path / "o1", res_old)
+    recipe = tmp_path / "belle.yaml"
+    recipe.write_text(f"model: {tiny_model}\ndata: {folder}\njudge: overlap\nmax_new_tokens: 8\nname: tiny-cli\n",
+                      encoding="utf-8")
+    new = _belle(["--config", str(recipe), "--set", f"judge={stub.url}", "--set", "judge_model=stub",
+                  "--set", f"out={tmp_path / 'o2'}", "--set", "limit=3", "--set", "max_new_tokens=3",
+                  "--set", f"results={res_new}"], capsys, tmp_path / "o2", res_new)
+    assert old[0] == new[0] == 0 and old[1] == new[1] and "3 questions" in old[1][-2]
+    assert (tmp_path / "o1" / "summary.csv").read_bytes() == (tmp_path / "o2" / "summary.csv").read_bytes()
+    items = [pl.read_ndjson(tmp_path / o / "per_item.jsonl") for o in ("o1", "o2")]
+    volatile = ["cached", "judge_cached", "attempts"]  # the second run finds both caches filled
+    assert items[0].drop(volatile).equals(items[1].drop(volatile)) and items[1]["judge_cached"].all()
+    strip = lambda df: df.drop("timestamp") if "timestamp" in df.columns else df  # noqa: E731
+    assert strip(read_results(res_old)).equals(strip(read_results(res_new)))
+    # the judge flags are the `judge` key: --overlap == judge: overlap, --no-judge == judge: none
+    ov_flag = _belle(["--config", str(recipe), "--overlap", "--set", "limit=3", "--set", f"out={tmp_path / 'o3'}",
+                      "--set", "no_results=true"], capsys, tmp_path / "o3")
+    ov_key = _belle(["--config", str(recipe), "--set", "limit=3", "--set", f"out={tmp_path / 'o4'}", "--no-results"],
+                    capsys, tmp_path / "o4")
+    assert ov_flag[0] == 0 and ov_flag[1] == ov_key[1] and not any("results appended" in x for x in ov_flag[1])
+    none = _belle(["--config", str(recipe), "--set", "judge=none", "--set", "limit=2", "--set",
+                   f"out={tmp_path / 'o5'}"], capsys, tmp_path / "o5")
+    assert none[0] == 0 and "not_judged 2" in none[1][-1]
+
+
+def test_cli_belle_unknown_keys_fail_with_a_hint(tiny_model, tmp_path, capsys, monkeypatch):
+    folder = make_belle(tmp_path / "b", ITEMS)
+    base = ["--model", str(tiny_model), "--data", str(folder)]
+    rc, _, err = _belle([*base, "--set", "judg=overlap"], capsys)
+    assert rc == 2 and "unknown key(s) 'judg' (did you mean 'judge'?)" in err
+    rc, _, err = _belle([*base, "--set", "max_new_token=3", "--overlap"], capsys)
+    assert rc == 2 and "'max_new_token' (did you mean 'max_new_tokens'?)" in err
+    rc, _, err = _belle([*base, "--set", "dtype=float8", "--overlap"], capsys)
+    assert rc == 2 and "dtype must be float32, bfloat16 or float16" in err
+    monkeypatch.delenv("CQIA_JUDGE_URL", raising=False)
+    rc, _, err = _belle(base, capsys)
+    assert rc == 2 and "no judge: give --judge-url" in err and "judge: URL | PATH | overlap | none" in err
+    assert not (tmp_path / "build").exists()
+
+
+def test_eval_belle_recipe_runs_on_the_mini_set_with_the_tiny_model(tmp_path, capsys, monkeypatch):
+    """recipes/eval-belle.yaml as shipped (outputs and results store moved into tmp_path)."""
+    monkeypatch.chdir(ROOT)  # the recipe's paths are relative to the repository root
+    results = tmp_path / "results.jsonl"
+    rc, lines, err = _belle(["--config", str(ROOT / "recipes" / "eval-belle.yaml"), "--set", f"out={tmp_path / 'out'}",
+                             "--set", f"results={results}", "--set", "n_boot=100"], capsys, tmp_path / "out")
+    assert rc == 0, err
+    assert lines[-2].startswith("20 questions: ") and lines[-2].endswith("; outputs in OUT")
+    assert (tmp_path / "out" / "per_item.jsonl").is_file()
+    rows = read_results(results)
+    assert set(rows["metric"].to_list()) == {"overlap_f1"} and rows["model"].unique().to_list() == ["tiny"]
+    cfg = oe.BelleRunConfig.from_yaml(ROOT / "recipes" / "eval-belle.yaml", ["judge=none", "device=cuda"])
+    assert cfg.generation.device == "cuda" and not cfg.scored and cfg.out_dir == Path("build/belle_eval/tiny")
+
+
 # ----------------------------------------------------------------------------- real data
 
 @pytest.mark.realdata

@@ -497,6 +497,68 @@ def test_cli_safetybench_answers_and_errors(tiny, safety_dir, capsys, tmp_path):
         main(["eval", "mc", "--model", folder, "--benchmark", "mmlu", "--data", "x"])
 
 
+# ----------------------------------------------------------------------------- CLI: --config + --set
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def _mc(args: list[str], capsys) -> tuple[int, list[str], str]:
+    rc = main(["eval", "mc", *args])
+    cap = capsys.readouterr()
+    return rc, cap.out.rstrip("\n").splitlines(), cap.err
+
+
+def test_cli_eval_mc_recipe_and_set_equal_the_old_flags(tiny, ceval_dir, capsys, tmp_path):
+    folder = str(tiny[0])
+    old_out, new_out = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old = _mc(["--model", folder, "--benchmark", "ceval", "--data", str(ceval_dir / "val"), "--shots", "2",
+               "--subjects", "law", "--batch-size", "4", "--out", str(old_out)], capsys)
+    recipe = tmp_path / "eval.yaml"
+    recipe.write_text(f"model: {folder}\nbenchmark: ceval\ndata: {ceval_dir / 'val'}\nshots: 1\nbatch_size: 4\n",
+                      encoding="utf-8")
+    new = _mc(["--config", str(recipe), "--set", "shots=2", "--set", "subjects=[law]", "--set", f"out={new_out}"],
+              capsys)
+    assert old[0] == new[0] == 0 and old[1] == new[1] and LAST_LINE.match(old[1][-1]).group(1) == "3"
+    assert old_out.read_bytes() == new_out.read_bytes()
+    # flags over the recipe, --set over both (the predictions file records every option's score)
+    for i, args in enumerate((["--shots", "0", "--set", "shots=2"], ["--shots", "2"], [])):
+        out = tmp_path / f"run{i}.jsonl"
+        assert _mc(["--config", str(recipe), *args, "--subjects", "law", "--out", str(out)], capsys)[0] == 0
+        same = out.read_bytes() == old_out.read_bytes()
+        assert same if args else not same  # no flag: the recipe's shots: 1
+
+
+def test_cli_eval_mc_unknown_keys_and_missing_ones(tiny, ceval_dir, capsys, tmp_path):
+    base = ["--model", str(tiny[0]), "--benchmark", "ceval", "--data", str(ceval_dir / "val")]
+    rc, _, err = _mc([*base, "--set", "shot=2"], capsys)
+    assert rc == 2 and "eval mc: unknown key(s) 'shot' (did you mean 'shots'?); valid keys: answers," in err
+    rc, _, err = _mc([*base, "--set", "benchmark=mmlu"], capsys)
+    assert rc == 2 and "benchmark: one of ceval, cmmlu, safetybench, got 'mmlu'" in err
+    rc, _, err = _mc([*base, "--set", "mode=guess"], capsys)
+    assert rc == 2 and "mode must be 'loglikelihood' or 'generate'" in err
+    rc, _, err = _mc(["--benchmark", "ceval"], capsys)
+    assert rc == 2 and "missing required key(s) model, data" in err
+    rc, _, err = _mc(["--config", str(tmp_path / "none.yaml")], capsys)
+    assert rc == 2 and "none.yaml: eval recipe not found" in err
+
+
+def test_eval_recipes_run_on_the_mini_set_with_the_tiny_model(capsys, tmp_path, monkeypatch):
+    """recipes/eval-{ceval,cmmlu,safetybench}.yaml as shipped: the cpu-tiny model on data/benchmarks-mini."""
+    monkeypatch.chdir(RECIPES.parent)  # the recipes' paths are relative to the repository root
+    runs = {}
+    for name, n in (("ceval", 18), ("cmmlu", 12), ("safetybench", 7)):
+        rc, lines, err = _mc(["--config", str(RECIPES / f"eval-{name}.yaml"), "--set", "bootstrap=0"], capsys)
+        assert rc == 0, err
+        assert LAST_LINE.match(lines[-1]).group(1) == str(n), lines[-3:]
+        runs[name] = lines
+    mini = RECIPES.parent / "data" / "benchmarks-mini"
+    rc, lines, _ = _mc(["--model", "tiny", "--benchmark", "ceval", "--data", str(mini / "ceval" / "val"),
+                        "--shots", "2", "--bootstrap", "0"], capsys)
+    assert rc == 0 and lines == runs["ceval"]
+    cfg = ev.MCRunConfig.from_yaml(RECIPES / "eval-safetybench.yaml", ["subjects=Offensiveness,Physical Health"])
+    assert cfg.subjects == ["Offensiveness", "Physical Health"] and cfg.mc.shots == 2 and cfg.answers
+
+
 # ----------------------------------------------------------------------------- real data
 
 def _real(name: str) -> Path:

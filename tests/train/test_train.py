@@ -40,7 +40,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 def small(tiny_data: Path, out: Path, **over) -> TrainConfig:
     base = dict(base_model="tiny", method="full", tiny_vocab_size=600, data=str(tiny_data), max_length=64,
-                per_device_batch_size=4, max_steps=12, learning_rate=3e-3, lr_scheduler="constant",
+                per_device_train_batch_size=4, max_steps=12, learning_rate=3e-3, lr_scheduler_type="constant",
                 lora_dropout=0.0, logging_steps=1, save_steps=None, eval_steps=None, val_fraction=0.0,
                 output_dir=str(out), torch_threads=1, seed=0)
     base.update(over)
@@ -54,17 +54,60 @@ def small(tiny_data: Path, out: Path, **over) -> TrainConfig:
     ({"lora_r": 0}, "LoRA rank must be >= 1"),
     ({"lora_rank": 8}, "unknown key.*'lora_rank' \\(did you mean 'lora_r'\\?\\)"),
     ({"precision": "fp8"}, "precision: must be one of"),
-    ({"max_steps": -1, "epochs": 0}, "set epochs > 0 or max_steps > 0"),
+    ({"max_steps": -1, "num_train_epochs": 0}, "set num_train_epochs > 0 or max_steps > 0"),
     ({"val_fraction": 1.5}, "val_fraction"),
     ({"eval_steps": 5, "val_fraction": 0.0}, "needs a validation split"),
     ({"data": "/nonexistent/x.jsonl"}, "does not exist"),
-    ({"lr_scheduler": "triangle"}, "unknown scheduler"),
+    ({"lr_scheduler_type": "triangle"}, "unknown scheduler"),
     ({"packing": "yes"}, "packing: must be true or false"),
     ({"chat_template": "vicuna"}, "chat_template"),
 ])
 def test_config_errors(over, match):
     with pytest.raises(TrainConfigError, match=match):
         TrainConfig.from_dict(over)
+
+
+@pytest.mark.parametrize("old, new", [("epochs", "num_train_epochs"),
+                                      ("gradient_accumulation", "gradient_accumulation_steps"),
+                                      ("lr_scheduler", "lr_scheduler_type"),
+                                      ("per_device_batch_size", "per_device_train_batch_size"),
+                                      ("warmup_ratio", "warmup_steps")])
+def test_old_key_names_fail_naming_the_transformers_name(old, new, tmp_path):
+    from transformers import TrainingArguments
+
+    assert new in {f.name for f in __import__("dataclasses").fields(TrainingArguments)}
+    want = f"{old} was renamed {new} \\(the transformers TrainingArguments name\\)"
+    with pytest.raises(TrainConfigError, match=want):
+        TrainConfig.from_dict({old: 1})
+    with pytest.raises(TrainConfigError, match=want):  # in a --set
+        TrainConfig.from_yaml(ROOT / "recipes" / "train-cpu-tiny.yaml", [f"{old}=1"])
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text(f"method: lora\n{old}: 1\n", encoding="utf-8")
+    with pytest.raises(TrainConfigError, match=want):  # in a recipe
+        TrainConfig.from_yaml(recipe)
+
+
+@pytest.mark.parametrize("value, ok", [(0, True), (0.0, True), (0.05, True), (0.999, True), (1, True), (25, True),
+                                       (1.0, False), (1.5, False), (-1, False), (-0.1, False), (True, False),
+                                       ("0.1", False)])
+def test_warmup_steps_is_a_ratio_below_1_or_a_step_count(value, ok):
+    if ok:
+        assert TrainConfig.from_dict({"warmup_steps": value}).warmup_steps == value
+    else:
+        with pytest.raises(TrainConfigError, match="warmup_steps: must be"):
+            TrainConfig.from_dict({"warmup_steps": value})
+
+
+def test_warmup_steps_reach_training_arguments_as_transformers_reads_them():
+    from cqia_nb.train.trainer import _training_args
+
+    for value, warm in ((0.05, 5), (0.0, 0), (3, 3), (0.001, 1)):
+        args = _training_args(TrainConfig.from_dict({"warmup_steps": value, "num_train_epochs": 2.0,
+                                                     "gradient_accumulation_steps": 3,
+                                                     "per_device_train_batch_size": 5}), has_eval=False)
+        assert args.get_warmup_steps(100) == warm
+        assert (args.num_train_epochs, args.gradient_accumulation_steps, args.per_device_train_batch_size,
+                args.lr_scheduler_type.value) == (2.0, 3, 5, "cosine")
 
 
 def test_qlora_without_bitsandbytes(monkeypatch):
@@ -243,7 +286,7 @@ def test_resume_after_sigkill_continues_exactly(tiny_data, tmp_path):
     from cqia_nb.train.trainer import read_metrics, train
 
     over = dict(method="lora", learning_rate=1e-2, max_steps=16, save_steps=4, save_total_limit=None,
-                lr_scheduler="cosine", warmup_ratio=0.1)
+                lr_scheduler_type="cosine", warmup_steps=0.1)
     ref = train(small(tiny_data, tmp_path / "ref", **over))
     killed = tmp_path / "killed"
     cfg = small(tiny_data, killed, **over)
@@ -362,7 +405,7 @@ def test_missing_chat_template_fails_before_data_is_read(tmp_path, tiny_data, mo
 def test_stop_after_then_resume_equals_uninterrupted(tiny_data, tmp_path):
     from cqia_nb.train.trainer import last_checkpoint, read_metrics, train
 
-    over = dict(method="lora", learning_rate=1e-2, max_steps=10, lr_scheduler="cosine", warmup_ratio=0.1)
+    over = dict(method="lora", learning_rate=1e-2, max_steps=10, lr_scheduler_type="cosine", warmup_steps=0.1)
     ref = train(small(tiny_data, tmp_path / "ref", **over))
     cfg = small(tiny_data, tmp_path / "cut", **over)
     first = train(cfg, stop_after=4)
@@ -607,7 +650,7 @@ def test_smollm2_lora_on_cqia_chats(smollm2_dir, tiny_data, tmp_path):
     assert labelled == "用指令和回答训练模型。<|im_end|>"
     cfg = TrainConfig.from_yaml(ROOT / "recipes" / "train-smollm2.yaml",
                                 [f"data={tiny_data}", f"output_dir={tmp_path / 'smol'}", "max_steps=6",
-                                 "per_device_batch_size=4", "max_length=64", "learning_rate=2e-3",
+                                 "per_device_train_batch_size=4", "max_length=64", "learning_rate=2e-3",
                                  "eval_steps=null", "val_fraction=0"])
     res = train(cfg)
     losses = res.losses
@@ -615,6 +658,33 @@ def test_smollm2_lora_on_cqia_chats(smollm2_dir, tiny_data, tmp_path):
     assert (tmp_path / "smol" / "adapter_model.safetensors").is_file()
     out = generate(res.model_dir, ["你好"], max_new_tokens=8)
     assert isinstance(out[0], str) and out[0].strip()
+
+
+def test_train_cli_forms_build_the_same_config(monkeypatch, tmp_path, capsys):
+    """`cqia-nb train --config --set` and `python -m cqia_nb.train --config --set` are one parser;
+    dotted keys reach into an inline mapping; unknown and old keys fail with the hint."""
+    import types
+
+    import cqia_nb.train.cli as tcli
+    from cqia_nb.cli import main
+
+    seen = []
+    monkeypatch.setattr(tcli, "train", lambda cfg, **kw: seen.append(cfg) or types.SimpleNamespace(
+        losses=[1.0], output_dir=cfg.output_dir, global_step=0, tokens_per_s=0.0))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: lora\nlora_target_modules: [q_proj]\nsystem_prompt: hi\n", encoding="utf-8")
+    sets = ["--set", "max_steps=3", "--set", "lora_target_modules=[q_proj, v_proj]", "--set", "warmup_steps=2"]
+    assert main(["train", "--config", str(recipe), *sets]) == 0
+    assert tcli.main(["--config", str(recipe), *sets]) == 0
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert (seen[0].max_steps, seen[0].lora_target_modules, seen[0].warmup_steps) == (3, ["q_proj", "v_proj"], 2)
+    capsys.readouterr()
+    assert main(["train", "--config", str(recipe), "--set", "max_step=3"]) == 2
+    assert "unknown key(s) 'max_step' (did you mean 'max_steps'?)" in capsys.readouterr().err
+    assert main(["train", "--config", str(recipe), "--set", "epochs=3"]) == 2
+    assert "epochs was renamed num_train_epochs" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml: config not found" in capsys.readouterr().err
 
 
 def test_cqia_nb_train_subcommand(tiny_data, tmp_path, capsys):

@@ -28,7 +28,9 @@ from cqia_nb.eval.belle.generate import (  # noqa: F401
 from cqia_nb.eval.belle.run import (  # noqa: F401
     BelleEvalConfig,
     BelleEvalResult,
+    BelleRunConfig,
     judge_from,
+    run_belle,
     run_belle_eval,
 )
 from cqia_nb.eval.belle.score import (  # noqa: F401

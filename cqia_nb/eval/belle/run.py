@@ -60,12 +60,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Sequence
 
 import polars as pl
 
+from cqia_nb.core.overrides import apply_overrides, config_from_mapping, read_yaml_mapping
 from cqia_nb.eval.belle.data import (
     BENCHMARK,
     REFERENCE_FREE_CLASSES,
@@ -77,6 +79,7 @@ from cqia_nb.eval.belle.data import (
 from cqia_nb.eval.belle.generate import GenerationSettings, generate_answers, model_identity
 from cqia_nb.eval.belle.score import judge_answers, overlap_scores, summarize_scores
 from cqia_nb.models.judge import JudgeConfig
+from cqia_nb.models.tiny import resolve_model
 
 
 @dataclass
@@ -211,3 +214,110 @@ def run_belle_eval(model: str | Path, data: BelleData | str | Path, config: Bell
     if out_dir is not None:
         res.write(out_dir)
     return res
+
+
+# ----------------------------------------------------------------------------- one run as a recipe
+
+@dataclass
+class BelleRunConfig:
+    """A ``cqia-nb eval belle`` run, as one flat mapping (``recipes/eval-belle.yaml``): what to
+    evaluate and where the outputs go, the judge, :class:`GenerationSettings`' keys
+    (``max_new_tokens``, ``batch_size``, ``chat_template``, ``device``, …) and
+    :class:`BelleEvalConfig`'s (``limit``, ``seed``, ``empty_answers``, …).
+
+    ``judge``: an ``http(s)://…/v1`` OpenAI-compatible endpoint, a local model folder (or "tiny"),
+    ``overlap`` (offline character-bigram F1 with the reference: a stand-in, not a judge), ``none``
+    (generate and cache answers only), or null: ``$CQIA_JUDGE_URL``.
+    """
+
+    model: str                               # a model folder, a LoRA/QLoRA adapter folder, or "tiny"
+    data: str                                # a BELLE-EVAL folder (eval_set.json + eval_prompt.json) or file
+    prompts: str | None = None               # judge prompts (default: eval_prompt.json beside the set)
+    judge: str | None = None
+    judge_model: str | None = None           # the endpoint's model name (default $CQIA_JUDGE_MODEL)
+    judge_concurrency: int = 4
+    judge_timeout: float = 60.0
+    out: str | None = None                   # default build/belle_eval/<name>
+    name: str | None = None                  # in the results store (default: the model folder's name)
+    base_model: str | None = None            # results store: the base this model was tuned from
+    train_subset: str | None = None          # results store: the CQIA subset it was tuned on
+    results: str | None = None               # results store (default build/results/results.jsonl)
+    no_results: bool = False                 # true: do not append to the results store
+    empty_answers: Literal["zero", "judge"] = "zero"
+    limit: int | None = None                 # a seeded, class-stratified sample of N questions
+    seed: int = 0                            # the sample, the bootstrap and generation
+    ci: float = 0.95
+    n_boot: int = 2000
+    cache: bool = True
+    cache_path: str | None = None
+    progress: bool = True
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    def __post_init__(self) -> None:
+        for key in ("model", "data"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise BelleEvalError(f"{key}: a path, got {getattr(self, key)!r}")
+        if self.empty_answers not in ("zero", "judge"):
+            raise BelleEvalError(f"empty_answers: zero or judge, got {self.empty_answers!r}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise BelleEvalError(f"limit: a positive integer or null, got {self.limit!r}")
+        for key in ("no_results", "cache", "progress"):
+            if not isinstance(getattr(self, key), bool):
+                raise BelleEvalError(f"{key}: true or false, got {getattr(self, key)!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "config") -> "BelleRunConfig":
+        """From one flat mapping (unknown keys fail with a "did you mean")."""
+        return config_from_mapping(cls, d, where=where, error=BelleEvalError,
+                                   parts={"generation": GenerationSettings})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None, overrides: Sequence[str] | Mapping[str, Any] = (), *,
+                  defaults: Mapping[str, Any] | None = None) -> "BelleRunConfig":
+        """A recipe (None: none, the overrides alone) over ``defaults``, then ``overrides``."""
+        d = dict(defaults or {})
+        if path is not None:
+            d.update(read_yaml_mapping(path, what="eval recipe", error=BelleEvalError,
+                                       missing_hint=" (see recipes/eval-belle.yaml)"))
+        d = apply_overrides(d, overrides, error=BelleEvalError)
+        return cls.from_dict(d, where=str(path) if path is not None else "eval belle")
+
+    @property
+    def model_name(self) -> str:
+        return self.name or Path(self.model).name
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("build") / "belle_eval" / self.model_name
+
+    @property
+    def scored(self) -> bool:
+        """Whether the run scores answers (an LLM judge or the overlap stand-in), not only generates."""
+        return str(self.judge).lower() != "none"
+
+    def eval_config(self) -> BelleEvalConfig:
+        """The :class:`BelleEvalConfig` of this run (the judge resolved: ``judge_from``)."""
+        gen = self.generation
+        template = gen.chat_template
+        if template and "{" not in template and Path(template).is_file():  # a Jinja file
+            gen = dataclasses.replace(gen, chat_template=Path(template).read_text(encoding="utf-8"))
+        spec = self.judge if self.judge is not None else (os.environ.get("CQIA_JUDGE_URL", "").strip() or None)
+        if spec is None:
+            raise BelleEvalError("no judge: give --judge-url URL (or set $CQIA_JUDGE_URL), --judge-local PATH, "
+                                 "--overlap for the offline stand-in, or --no-judge to generate answers only "
+                                 "(as keys: judge: URL | PATH | overlap | none)")
+        judge, local = judge_from(str(spec), self.judge_model, concurrency=self.judge_concurrency,
+                                  timeout_s=self.judge_timeout, device=gen.device)
+        return BelleEvalConfig(generation=gen, judge=judge, judge_model_path=local, empty_answers=self.empty_answers,
+                               limit=self.limit, seed=self.seed, ci=self.ci, n_boot=self.n_boot, cache=self.cache,
+                               cache_path=self.cache_path, progress=self.progress,
+                               scorer="overlap" if str(spec).lower() == "overlap" else "judge")
+
+
+def run_belle(config: BelleRunConfig) -> BelleEvalResult:
+    """What ``cqia-nb eval belle`` runs: ``run_belle_eval`` with the config's model (``"tiny"``: the
+    cpu-tiny model), data, settings and ``out_dir``."""
+    cfg = config.eval_config()  # no judge fails here, before anything is read
+    data = load_belle(config.data, config.prompts)
+    return run_belle_eval(resolve_model(config.model), data, cfg, out_dir=config.out_dir)

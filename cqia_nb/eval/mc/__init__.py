@@ -34,6 +34,10 @@ from cqia_nb.eval.mc.questions import (  # noqa: F401
     find_beside,
     format_problems,
 )
+from cqia_nb.eval.mc.run import (  # noqa: F401
+    MCRunConfig,
+    run_mc,
+)
 from cqia_nb.eval.mc.safetybench import (  # noqa: F401
     SAFETYBENCH_CATEGORIES,
     load_safetybench,
