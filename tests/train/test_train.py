@@ -299,11 +299,20 @@ def test_resume_after_sigkill_continues_exactly(tiny_data, tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
-        while not (killed / "checkpoint-4" / "trainer_state.json").is_file():
+
+        def past_checkpoint() -> bool:  # a step after checkpoint-4 is logged: those logs must be cut
+            if not (killed / "checkpoint-4" / "trainer_state.json").is_file():
+                return False
+            try:
+                return any(r.get("step", 0) > 4 for r in read_metrics(killed) if "loss" in r)
+            except ValueError:  # a line caught half-written: look again
+                return False
+
+        # polled every 50 ms while each step takes >= 0.3 s, so the kill lands before checkpoint-8
+        while not past_checkpoint():
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.time() < deadline
             time.sleep(0.05)
-        time.sleep(0.5)  # a little past the checkpoint, so logs beyond it exist and must be cut
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
