@@ -19,7 +19,7 @@ def test_notebook_runs_on_real_data(name, real_data, tmp_path, monkeypatch):
     if name.startswith("02"):
         params.update(OUT_DIR=str(tmp_path / "02_filter"), REVIEW_LOG=str(tmp_path / "review.jsonl"),
                       QUALITY_SAMPLE=300)
-    secs = notebooks.execute(nb, out, params, env={"CQIA_FIGURES_DIR": str(tmp_path / "figures")})
+    notebooks.execute(nb, out, params, env={"CQIA_FIGURES_DIR": str(tmp_path / "figures")})
     text = out.read_text(encoding="utf-8")
     assert "17,971 records loaded" in text or "17971 records" in text or "17971 filtered records" in text
     assert (tmp_path / "figures").is_dir() and any((tmp_path / "figures").glob("*.html"))
@@ -27,7 +27,6 @@ def test_notebook_runs_on_real_data(name, real_data, tmp_path, monkeypatch):
         assert (tmp_path / "02_filter" / "kept.parquet").is_file()
     if name.startswith("03"):
         assert (tmp_path / "03_subsets" / "README.md").is_file()
-    assert secs < 600
 
 
 @pytest.mark.slow
@@ -45,7 +44,7 @@ def test_notebook_05_runs_on_the_real_benchmark_files(tmp_path):
     params = {"BENCHMARKS_DIR": str(REAL_BENCHMARKS), "SHOTS": 5, "LIMIT": 1, "BELLE_LIMIT": 20,
               "MAX_NEW_TOKENS": 16, "OUT_DIR": str(tmp_path / "05"), "RESULTS": str(store),
               "MODELS_DIR": str(tmp_path / "no-runs")}
-    secs = notebooks.execute(nb, out, params, env={"CQIA_FIGURES_DIR": str(tmp_path / "figures")})
+    notebooks.execute(nb, out, params, env={"CQIA_FIGURES_DIR": str(tmp_path / "figures")})
     text = out.read_text(encoding="utf-8")
     assert "ceval: 52 questions read in 52 subjects" in text and "cmmlu: 67 questions read in 67 subjects" in text
     import polars as pl
@@ -54,4 +53,3 @@ def test_notebook_05_runs_on_the_real_benchmark_files(tmp_path):
     assert {"ceval", "cmmlu", "safetybench", "belle_eval"} <= set(rows["benchmark"].to_list())
     assert set(rows.filter(pl.col("benchmark") == "ceval")["shots"].to_list()) == {5}
     assert any((tmp_path / "figures").glob("05_*.html"))
-    assert secs < 600
