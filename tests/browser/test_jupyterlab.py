@@ -26,7 +26,7 @@ import cqia_nb.runner as notebooks
 import cqia_nb.ui.browser as widgets
 import cqia_nb.ui.review as review
 import cqia_nb.ui.tuner as tuner
-from cqia_nb.core.jsonl import read_log
+from cqia_nb.core.decisions import read_decisions
 
 from .lab import LabServer, NotebookPage
 
@@ -167,7 +167,7 @@ def notebook_01(lab_server: LabServer, lab_root: Path, new_tab: Callable[[str], 
 def test_notebook_01_runs_with_widgets_and_figures(notebook_01: OpenNotebook) -> None:
     nb, path, page = notebook_01.nb, notebook_01.path, notebook_01.tab.page
     expect = _expect()
-    for needle in ("widgets.DatasetBrowser(examples", "widgets.browse(result.frame)"):
+    for needle in ("ui.DatasetBrowser(examples", "ui.browse(result.frame)"):
         out = nb.output(_code_cell(path, needle))
         # The widget itself, not its text/plain fallback (what shows when the front end lacks
         # the widget manager) and not an error box.
@@ -198,7 +198,7 @@ def test_notebook_01_runs_with_widgets_and_figures(notebook_01: OpenNotebook) ->
 
 def test_dataset_browser_search_filter_and_page(notebook_01: OpenNotebook) -> None:
     nb, frame = notebook_01.nb, notebook_01.frame
-    view = _browser_in(nb.output(_code_cell(notebook_01.path, "widgets.browse(result.frame)")))
+    view = _browser_in(nb.output(_code_cell(notebook_01.path, "ui.browse(result.frame)")))
     page_size = widgets.BrowserQuery().page_size
     view.select("config").select_option([])
     query = "什么"
@@ -227,7 +227,7 @@ def test_dataset_browser_search_filter_and_page(notebook_01: OpenNotebook) -> No
 
 def test_dataset_browser_shows_hostile_records_as_text(notebook_01: OpenNotebook) -> None:
     nb, frame, tab = notebook_01.nb, notebook_01.frame, notebook_01.tab
-    view = _browser_in(nb.output(_code_cell(notebook_01.path, "widgets.browse(result.frame)")))
+    view = _browser_in(nb.output(_code_cell(notebook_01.path, "ui.browse(result.frame)")))
     view.select("config").select_option([])
     view.search.fill(MARKER)
     view.search.press("Enter")
@@ -370,7 +370,7 @@ def test_review_queue_in_browser(widgets_notebook: OpenNotebook, lab_root: Path)
     expect(progress).to_contain_text("3 decided (1 keep, 1 drop, 1 edit)", timeout=TIMEOUT_MS)
 
     # The decisions are in the saved log, in order, with the browser's text byte for byte.
-    entries = read_log(log)
+    entries = read_decisions(log)
     assert [(e["record_id"], e["decision"]) for e in entries] == [(ids[0], "drop"), (ids[1], "keep"), (ids[2], "edit")]
     assert entries[1]["note"] == NOTE
     assert entries[2]["edited_output"] == EDITED
