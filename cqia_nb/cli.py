@@ -11,6 +11,7 @@ from typing import Sequence
 from cqia_nb import build as subsets
 from cqia_nb import runner as nbs
 from cqia_nb.build import exports
+from cqia_nb.core.distributed import current_shard
 from cqia_nb.core.overrides import AssignmentError, ConfigError, add_config_options, cli_overrides, parse_assignments
 from cqia_nb.data.load import LoadConfig, config_counts, format_problems, load
 from cqia_nb.eval import mc as ev
@@ -186,8 +187,10 @@ def cmd_eval_mc(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in MC_FLAG_KEYS}
     config = ev.MCRunConfig.from_yaml(args.config, cli_overrides(flags, args.overrides),
                                       defaults={"progress": sys.stderr.isatty()})
-    result = ev.run_mc(config)
-    print(result.report())  # its last line: overall accuracy X.XXXX on N questions
+    shard = current_shard(config.device)
+    result = ev.run_mc(config, shard=shard)
+    if shard.is_main:  # several processes: one report
+        print(result.report())  # its last line: overall accuracy X.XXXX on N questions
     return 0
 
 

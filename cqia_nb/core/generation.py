@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from cqia_nb.core import chat
+from cqia_nb.core.distributed import Shard
 
 
 def stop_token_ids(tok) -> list[int]:
@@ -27,14 +28,15 @@ def chat_prompts(tok, prompts: Sequence[str], system: str | None = None,
 def generate_ids(model, tok, inputs: Sequence[Sequence[int]], max_new_tokens: int = 64, batch_size: int = 8,
                  do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                  repetition_penalty: float = 1.0, seed: int = 0, progress: bool = False,
-                 desc: str = "generating") -> list[dict[str, Any]]:
+                 desc: str = "generating", shard: Shard = Shard()) -> list[dict[str, Any]]:
     """The generation loop: token-id prompts, ``batch_size`` at a time (similar lengths together,
     left padding), greedy unless ``do_sample`` (seeded per batch: ``seed`` + batch index, so a run is
     reproducible with the same prompts and batch size). An answer ends at the first stop token
     (:func:`stop_token_ids`) or after ``max_new_tokens``.
 
     Returns one dict per prompt, in order: ``answer`` (decoded, special tokens skipped),
-    ``new_tokens`` and ``finish`` ("stop" or "length").
+    ``new_tokens`` and ``finish`` ("stop" or "length"). With several processes (``shard``) each runs the
+    batches it owns (the same batches as one process) and leaves ``{}`` for the others' prompts.
     """
     import torch
     from tqdm.auto import tqdm
@@ -55,6 +57,8 @@ def generate_ids(model, tok, inputs: Sequence[Sequence[int]], max_new_tokens: in
     step = max(1, batch_size)
     starts = range(0, len(order), step)
     for b, start in enumerate(tqdm(starts, desc=desc, unit="batch", disable=not progress or not enc, leave=False)):
+        if not shard.owns(b):
+            continue
         idx = order[start:start + step]
         width = max(len(enc[i]) for i in idx)
         input_ids = torch.tensor([[pad_id] * (width - len(enc[i])) + enc[i] for i in idx], dtype=torch.long)

@@ -10,7 +10,7 @@ from cqia_nb.train.config import TrainConfig, TrainConfigError
 
 #: The shipped accelerate configs (``recipes/accelerate/*.yaml``), by short name.
 ACCELERATE_CONFIGS = {"ddp": "recipes/accelerate/ddp.yaml", "fsdp": "recipes/accelerate/fsdp.yaml",
-                      "zero3": "recipes/accelerate/zero3.yaml"}
+                      "zero3": "recipes/accelerate/zero3.yaml", "cpu": "recipes/accelerate/cpu.yaml"}
 
 
 def accelerate_config_path(name_or_path: str | Path) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cqia_nb.train.config import TrainConfig, TrainConfigError, parse_overrides
+from cqia_nb.train.launch import ACCELERATE_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("train-*.yaml"))
@@ -452,11 +453,13 @@ def test_val_data_eval_on_start_and_tiny_pretraining(tiny_data, tmp_path):
 
 # ----------------------------------------------------------------------------- multi-GPU configs
 
-ACC = sorted((ROOT / "recipes" / "accelerate").glob("*.yaml"))
+# the GPU configs; cpu.yaml (two CPU processes) is launched for real in tests/eval/test_mc_processes.py
+ACC = sorted(p for p in (ROOT / "recipes" / "accelerate").glob("*.yaml") if p.stem != "cpu")
 
 
 def test_shipped_accelerate_configs():
     assert {p.stem for p in ACC} == {"ddp", "fsdp", "zero3"}
+    assert {p.stem for p in (ROOT / "recipes" / "accelerate").glob("*.yaml")} == {*ACCELERATE_CONFIGS}
 
 
 @pytest.mark.parametrize("path", ACC, ids=lambda p: p.stem)

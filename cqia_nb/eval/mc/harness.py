@@ -82,6 +82,7 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
+from cqia_nb.core.distributed import Shard
 from cqia_nb.core.intervals import bootstrap_ci
 from cqia_nb.eval.mc.prompts import Prompt, build_prompt, extract_choice, shots_for
 from cqia_nb.eval.mc.questions import LETTERS, MCBenchmark, Problems, Question, format_problems
@@ -207,12 +208,15 @@ def _as_model(model_or_path: Any, device: str | None) -> tuple[Any, Any, str]:
     return model, tok, str(model_or_path)
 
 
-def evaluate_mc(model: Any, questions: MCBenchmark | Sequence[Question], config: MCConfig = MCConfig()) -> MCResult:
+def evaluate_mc(model: Any, questions: MCBenchmark | Sequence[Question], config: MCConfig = MCConfig(),
+                shard: Shard = Shard()) -> MCResult:
     """Evaluate a causal LM on multiple-choice questions.
 
     ``model``: a local folder / hub name (``models.load_causal_lm``: safetensors, no remote code) or
     a ``(model, tokenizer)`` pair. ``questions``: an ``MCBenchmark`` (its dev rows give the shots
     and its problems are carried into the result) or a list of ``Question`` (zero-shot only).
+    ``shard``: one of several processes (``cqia_nb.core.distributed.current_shard``); each scores its
+    share and every process returns the whole result, identical to a one-process run's.
     """
     t0 = time.perf_counter()
     bench = questions if isinstance(questions, MCBenchmark) else MCBenchmark(
@@ -240,7 +244,7 @@ def evaluate_mc(model: Any, questions: MCBenchmark | Sequence[Question], config:
     extracted = [True] * n
     if config.mode == "loglikelihood":
         scores, n_tokens, truncated, errors = score_loglikelihood(mdl, tok, prompts, config, max_len, add_special,
-                                                                   [q.subject for q in qs])
+                                                                   [q.subject for q in qs], shard)
         for i, (q, s) in enumerate(zip(qs, scores)):
             if errors[i]:
                 continue
@@ -255,7 +259,7 @@ def evaluate_mc(model: Any, questions: MCBenchmark | Sequence[Question], config:
         # generation reads the answer the model writes: the prompt without SafetyBench's trailing "("
         texts = [p.context[:-1] if q.benchmark == "safetybench" and p.context.endswith("(") else p.context
                  for p, q in zip(prompts, qs)]
-        responses, n_tokens, truncated = generate_replies(mdl, tok, texts, config, max_len, add_special)
+        responses, n_tokens, truncated = generate_replies(mdl, tok, texts, config, max_len, add_special, shard)
         errors = [""] * n
         for i, (q, r) in enumerate(zip(qs, responses)):
             preds[i] = extract_choice(r, len(q.options))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
 
+from cqia_nb.core.distributed import Shard, current_shard, main_first
 from cqia_nb.core.overrides import ConfigError, apply_overrides, config_from_mapping, read_yaml_mapping
 from cqia_nb.eval.mc.harness import MCResult, evaluate_mc
 from cqia_nb.eval.mc.loading import load_benchmark
@@ -96,13 +97,19 @@ class MCRunConfig:
                               limit=self.limit, mapping=self.mapping)
 
 
-def run_mc(config: MCRunConfig, model: Any = None, *, log: IO[str] | None = None) -> MCResult:
+def run_mc(config: MCRunConfig, model: Any = None, *, log: IO[str] | None = None,
+           shard: Shard | None = None) -> MCResult:
     """Read the benchmark, load ``config.model`` (or use ``model``: a (model, tokenizer) pair),
     evaluate, write ``config.out``. Notes and problems go to ``log`` (default stderr); a benchmark
-    with no question to evaluate, or a model that cannot be loaded, raises ``ValueError``."""
+    with no question to evaluate, or a model that cannot be loaded, raises ``ValueError``.
+
+    Under ``accelerate launch`` / ``torchrun`` (``shard`` None: found from the environment) every process
+    loads the model (the main process first: it may build the cached tiny model), scores its share of
+    the questions, and the main process alone writes ``config.out``, identical to a one-process run's."""
     log = log if log is not None else sys.stderr
+    shard = shard if shard is not None else current_shard(config.device)
     bench = config.load_benchmark()
-    for note in bench.notes:
+    for note in bench.notes if shard.is_main else ():
         print(f"note: {note}", file=log)
     if not bench.questions:
         print(format_problems(bench.problems), file=log)
@@ -110,10 +117,11 @@ def run_mc(config: MCRunConfig, model: Any = None, *, log: IO[str] | None = None
                          f"problems listed above)")
     if model is None:
         try:
-            model = load_causal_lm(resolve_model(config.model), device=config.device or "cpu")
+            with main_first(shard):
+                model = load_causal_lm(resolve_model(config.model), device=shard.device or config.device or "cpu")
         except OSError as e:  # a missing/unsafe checkpoint is a usage error, not a crash
             raise ValueError(str(e)) from e
-    result = evaluate_mc(model, bench, config.mc)
-    if config.out:
+    result = evaluate_mc(model, bench, config.mc, shard)
+    if config.out and shard.is_main:
         print(f"per-question predictions: {result.to_jsonl(config.out)}", file=log)
     return result

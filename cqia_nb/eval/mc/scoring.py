@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from cqia_nb.build.formatting import chat_template_of
+from cqia_nb.core.distributed import Shard, balance, gather
 from cqia_nb.core.generation import chat_prompts, generate_ids
 from cqia_nb.eval.mc.prompts import Prompt
 
@@ -176,15 +178,20 @@ _MIN_SHARED = 16  # shorter shared prefixes are not worth a separate forward pas
 
 
 def score_loglikelihood(model, tok, prompts: list[Prompt], config: MCConfig, max_len: int,
-                         add_special: bool | None, groups: Sequence[str] | None = None
+                         add_special: bool | None, groups: Sequence[str] | None = None, shard: Shard = Shard()
                          ) -> tuple[list[list[float]], list[int], list[int], list[str]]:
     """Per question: option log-likelihoods, prompt tokens, tokens truncated, error ('' if fine).
 
     ``groups`` (e.g. the subject of each prompt): untruncated rows of one group that share a long
     token prefix (the description and the few-shot examples) run that prefix once and reuse its
     key/value cache; the prefix is found on the token ids themselves, so the inputs are unchanged.
+
+    ``shard`` (several processes, :func:`cqia_nb.core.distributed.current_shard`): every process plans the
+    same work units (a prefix group, or one batch), runs its own and gathers the scores of all, so each
+    question is scored in the same batch as in a one-process run and the scores are identical.
     """
     import copy
+    import functools
 
     import torch
     from tqdm.auto import tqdm
@@ -215,6 +222,7 @@ def score_loglikelihood(model, tok, prompts: list[Prompt], config: MCConfig, max
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     bar = tqdm(total=len(prompts), desc="scoring", unit="q", disable=not config.progress, leave=False)
     done: set[int] = set()
+    ran: list[_Row] = []  # the rows this process scored (a question's options may span several rows)
 
     def run(batch: list[_Row], start: int = 0, cache=None) -> None:
         """One forward pass over ``batch`` (their ids from ``start`` on, after ``cache``)."""
@@ -248,6 +256,7 @@ def score_loglikelihood(model, tok, prompts: list[Prompt], config: MCConfig, max
             logits = logits[:, need_t]
         logp = torch.log_softmax(logits.float(), dim=-1)
         for j, r in enumerate(batch):
+            ran.append(r)
             for opt, tgts in r.targets.items():
                 scores[r.question][opt] = float(sum(logp[j, index[pos + shift[j]], tok_id].item()
                                                     for pos, tok_id in tgts))
@@ -255,12 +264,27 @@ def score_loglikelihood(model, tok, prompts: list[Prompt], config: MCConfig, max
                 done.add(r.question)
                 bar.update(1)
 
-    def run_sorted(batch_rows: list[_Row], start: int = 0, cache=None) -> None:
+    def batches(batch_rows: list[_Row], start: int = 0) -> list[list[_Row]]:
         # longest first (a bad batch size fails at once), similar lengths together (little padding)
         order = sorted(batch_rows, key=lambda r: (-len(r.ids), r.ids))
-        for grp in _length_batches([len(r.ids) - start for r in order], config.batch_size, config.max_padding):
-            run([order[i] for i in grp], start, cache)
+        return [[order[i] for i in grp]
+                for grp in _length_batches([len(r.ids) - start for r in order], config.batch_size, config.max_padding)]
 
+    def run_group(members: list[_Row], n: int) -> None:
+        """A group's shared prefix once, then its rows after that prefix's key/value cache."""
+        prefix = torch.tensor([members[0].ids[:n]], dtype=torch.long, device=device)
+        kw = {"logits_to_keep": 1} if keep else {}
+        out = model(input_ids=prefix, use_cache=True, **kw)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            for b in batches(members):  # the model gives no reusable cache: whole rows
+                run(b)
+            return
+        for b in batches(members, n):
+            run(b, n, cache)
+
+    # The work as units (a prefix group, or one batch), planned identically in every process.
+    units: list[tuple[int, Any]] = []
     rest = rows
     # transformers 5.24 renamed the forward's ``past_key_values`` to ``cache``; older models keep the old name
     cache_kw = next((n for n in ("cache", "past_key_values") if _accepts(model, n)), None)
@@ -272,24 +296,29 @@ def score_loglikelihood(model, tok, prompts: list[Prompt], config: MCConfig, max
                 rest.append(r)
             else:
                 by_group.setdefault(groups[r.question], []).append(r)
-        with torch.inference_mode():
-            for members in by_group.values():
-                n = _common_prefix(members) if len(members) > 1 else 0
-                # worth a separate pass only when it saves a good part of the work (few-shot prompts;
-                # a zero-shot description alone is ~10 % of the tokens)
-                if n < _MIN_SHARED or n * len(members) < 0.3 * sum(len(r.ids) for r in members):
-                    rest.extend(members)
-                    continue
-                prefix = torch.tensor([members[0].ids[:n]], dtype=torch.long, device=device)
-                kw = {"logits_to_keep": 1} if keep else {}
-                out = model(input_ids=prefix, use_cache=True, **kw)
-                cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-                if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-                    rest.extend(members)
-                    continue
-                run_sorted(members, n, cache)
+        for members in by_group.values():
+            n = _common_prefix(members) if len(members) > 1 else 0
+            # worth a separate pass only when it saves a good part of the work (few-shot prompts;
+            # a zero-shot description alone is ~10 % of the tokens)
+            if n < _MIN_SHARED or n * len(members) < 0.3 * sum(len(r.ids) for r in members):
+                rest.extend(members)
+                continue
+            cost = n + sum(len(r.ids) - n for r in members)
+            units.append((cost, functools.partial(run_group, members, n)))
+    for b in batches(rest):
+        units.append((len(b) * max(len(r.ids) for r in b), functools.partial(run, b)))
+    owner = balance([c for c, _ in units], shard.world)
     with torch.inference_mode():
-        run_sorted(rest)
+        for u, (_, fn) in enumerate(units):
+            if shard.owns(u, owner):
+                fn()
+    if shard.world > 1:
+        mine = {(r.question, opt): scores[r.question][opt] for r in ran for opt in r.targets}
+        print(f"process {shard.rank} of {shard.world}: scored {len({q for q, _ in mine})} of {len(prompts)} "
+              "questions", file=sys.stderr)
+        for part in gather(mine, shard):
+            for (qi, opt), v in part.items():
+                scores[qi][opt] = v
     bar.update(len(prompts) - len(done))
     bar.close()
     n_tokens = [len(c) for c in ctx_ids]
@@ -297,12 +326,19 @@ def score_loglikelihood(model, tok, prompts: list[Prompt], config: MCConfig, max
 
 
 def generate_replies(model, tok, prompts: list[str], config: MCConfig, max_len: int,
-                     add_special: bool | None) -> tuple[list[str], list[int], list[int]]:
-    """Greedy replies (``cqia_nb.core.generation.generate_ids``), prompt tokens, tokens truncated."""
+                     add_special: bool | None, shard: Shard = Shard()) -> tuple[list[str], list[int], list[int]]:
+    """Greedy replies (``cqia_nb.core.generation.generate_ids``), prompt tokens, tokens truncated.
+    ``shard``: this process generates its batches, then every process has all replies."""
     ids = _encode(tok, prompts, add_special)
     room = max(1, max_len - config.max_new_tokens)
     truncated = [max(0, len(x) - room) for x in ids]
     ids = [x[-room:] for x in ids]
     outs = generate_ids(model, tok, ids, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                        progress=config.progress)
+                        progress=config.progress, shard=shard)
+    if shard.world > 1:
+        print(f"process {shard.rank} of {shard.world}: answered {sum(1 for o in outs if o)} of {len(outs)} "
+              "questions", file=sys.stderr)
+        for part in gather({i: o for i, o in enumerate(outs) if o}, shard):
+            for i, o in part.items():
+                outs[i] = o
     return [o["answer"] for o in outs], [len(x) + t for x, t in zip(ids, truncated)], truncated
