@@ -29,6 +29,8 @@ def run_cli(a: argparse.Namespace) -> int:
     except TrainConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not res.is_main:  # several processes: one summary, from the process that wrote the files
+        return 0
     losses = res.losses
     print(json.dumps({"output_dir": str(res.output_dir), "global_step": res.global_step,
                       "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,

@@ -274,6 +274,11 @@ def runtime_problems(config: TrainConfig) -> list[str]:
     if uses_ds and importlib.util.find_spec("deepspeed") is None:
         probs.append("deepspeed: this run uses DeepSpeed but the deepspeed package is not installed "
                      "(pip install deepspeed on the GPU machines)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and not cuda:
+        # accelerate 1.16 turns FSDP on only for GPU-like states: on CPU processes Trainer would run plain
+        # DDP without a word (tests/train/test_processes.py shows fully_shard itself works on CPU with gloo)
+        probs.append("FSDP: accelerate runs FSDP only on GPUs; on CPU processes Trainer would silently fall back to "
+                     "DDP. Launch with recipes/accelerate/cpu.yaml (DDP) here, fsdp.yaml on the GPU machines")
     if config.base_model == "smollm2":
 
         if smollm2_cached() is None and find_smollm2_gguf() is None:

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from cqia_nb.core.distributed import current_shard, main_first
 from cqia_nb.core.generation import generate_batch
 from cqia_nb.models.loading import is_adapter, load_for_inference, quiet_transformers, torch_dtype
 from cqia_nb.models.smollm2 import smollm2_folder
@@ -210,6 +211,7 @@ class TrainResult:
     train_seconds: float = 0.0
     resumed_from: Path | None = None   # the checkpoint this run continued from
     interrupted: bool = False          # stopped by ``stop_after``: a checkpoint, no final model yet
+    is_main: bool = True               # several processes: the one that wrote the files (rank 0)
 
     @property
     def tokens_per_s(self) -> float:
@@ -250,6 +252,8 @@ def _training_args(config: TrainConfig, has_eval: bool):
         eval_on_start=bool(has_eval and config.eval_steps and config.eval_on_start),
         report_to="none", disable_tqdm=True, remove_unused_columns=False, optim=config.optim,
         include_num_input_tokens_seen="non_padding", use_cpu=on_cpu, dataloader_num_workers=0,
+        # every parameter takes part in every step; True costs DDP a graph traversal per step (and a warning)
+        ddp_find_unused_parameters=False,
         # qlora: prepare_model_for_kbit_training already enabled checkpointing on the base model
         gradient_checkpointing=config.gradient_checkpointing and config.method != "qlora",
         gradient_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
@@ -304,9 +308,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
         raise TrainConfigError("cannot run this config here:\n  " + "\n  ".join(probs))
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
         raise TrainConfigError(f"stop_after: must be a positive step number, got {stop_after!r}")
+    # Several processes (accelerate launch / torchrun): rank 0 prepares the folder and builds a cached
+    # base first; every file below is written by rank 0 alone (Trainer saves checkpoints the same way).
+    shard = current_shard("cpu" if not cuda_available() else None)
     tok = None
     if config.base_model != "tiny":  # check the chat template before any data is read
-        base = resolve_base_model(config)
+        with main_first(shard):
+            base = resolve_base_model(config)
         tok = load_tokenizer(base, config.chat_template)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
@@ -316,26 +324,28 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
         print(f"resume: no complete checkpoint in {out}; starting over", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / METRICS_FILE
-    if ckpt is not None:  # cut the logged curve back to the checkpoint so it continues exactly
+    if shard.is_main and ckpt is not None:  # cut the logged curve back to the checkpoint so it continues exactly
         step = int(json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
         keep = [m for m in read_metrics(out) if m.get("step", 0) <= step]
         metrics_path.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in keep), encoding="utf-8")
-    elif metrics_path.exists():
+    elif shard.is_main and metrics_path.exists():
         metrics_path.unlink()
 
     set_seed(config.seed)
     convs = load_conversations(config)
     val_convs = load_conversations(config, config.val_data) if config.val_data else None
     if tok is None:
-        base = resolve_base_model(config, convs)
+        with main_first(shard):
+            base = resolve_base_model(config, convs)
         tok = load_tokenizer(base, config.chat_template)
     train_ds, val_ds = build_datasets(config, tok, convs, val_convs)
     set_seed(config.seed)
     model = load_model(config, base)
     import yaml
 
-    (out / CONFIG_FILE).write_text(yaml.safe_dump({**config.to_dict(), "resolved_base_model": str(base)},
-                                                  allow_unicode=True, sort_keys=False), encoding="utf-8")
+    if shard.is_main:
+        (out / CONFIG_FILE).write_text(yaml.safe_dump({**config.to_dict(), "resolved_base_model": str(base)},
+                                                      allow_unicode=True, sort_keys=False), encoding="utf-8")
     trainer = Trainer(model=model, args=_training_args(config, val_ds is not None), train_dataset=train_ds,
                       eval_dataset=val_ds, data_collator=_collator(config, tok), processing_class=tok)
     trainer.remove_callback(PrinterCallback)
@@ -369,11 +379,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
         if not interrupted:
             getattr(model, "get_base_model", lambda: model)().config.use_cache = True  # saved for inference
             trainer.save_model(str(out))  # full: model.safetensors; lora/qlora: adapter_model.safetensors
-            tok.save_pretrained(str(out))
+            if shard.is_main:
+                tok.save_pretrained(str(out))
     return TrainResult(output_dir=out, model_dir=out, base_model_dir=Path(str(base)),
                        global_step=step, metrics=read_metrics(out),
                        train_tokens=int(trainer.state.num_input_tokens_seen or 0) - tokens0, train_seconds=secs,
-                       resumed_from=ckpt, interrupted=interrupted)
+                       resumed_from=ckpt, interrupted=interrupted, is_main=shard.is_main)
 
 
 def merge_adapter(output_dir: str | Path, out_dir: str | Path | None = None, dtype: str = "float32") -> Path:
