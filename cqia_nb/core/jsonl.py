@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+from cqia_nb.core.atomic import atomic_file
 
 
 def json_object(raw: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -92,22 +92,9 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on some platforms (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def append_lines(path: str | Path, entries: Sequence[dict[str, Any]]) -> None:
-    """Add JSON lines to an append-only log atomically, all or none (temp file + fsync +
-    os.replace, under the log's advisory lock). Shared by the review, pairwise-vote and
+    """Add JSON lines to an append-only log atomically, all or none (``core.atomic.atomic_file``:
+    temp file + fsync + os.replace, under the log's advisory lock). Shared by the review, pairwise-vote and
     results logs."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -119,18 +106,6 @@ def append_lines(path: str | Path, entries: Sequence[dict[str, Any]]) -> None:
             old = b""
         if old and not old.endswith(b"\n"):
             old += b"\n"  # never glue a decision to a torn last line
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(old)
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-    fsync_dir(p.parent)
+        with atomic_file(p, "wb", fsync=True) as fh:
+            fh.write(old)
+            fh.write(line)
