@@ -12,7 +12,7 @@ from cqia_nb import build as subsets
 from cqia_nb import runner as nbs
 from cqia_nb.build import exports
 from cqia_nb.core.overrides import AssignmentError, ConfigError, add_config_options, cli_overrides, parse_assignments
-from cqia_nb.data.load import LoadConfig, config_counts, format_problems, load
+from cqia_nb.data.load import LoadConfig, config_counts, format_notes, format_problems, load
 from cqia_nb.eval import mc as ev
 from cqia_nb.eval.belle import cli as open_eval
 from cqia_nb.filter.framework import FilterRun, run_pipeline
@@ -32,7 +32,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     res = _load(args.path)
     if res.problems.height:
         print(format_problems(res.problems))
-    print(f"{res.n_loaded} records loaded, {res.problems.height} problems")
+    if res.notes.height:  # missing or null optional fields, loaded as empty values
+        print(format_notes(res.notes))
+    norm = f", {res.n_normalized} normalised (missing or null optional fields loaded as empty)" if res.n_normalized else ""
+    print(f"{res.n_loaded} records loaded, {res.problems.height} problems{norm}")
     return 0 if res.problems.height == 0 else 1
 
 

@@ -41,6 +41,16 @@ def test_validate_clean_exits_0_and_usage_errors_exit_2(tmp_path: Path):
     assert run("frobnicate").returncode == 2
 
 
+def test_validate_normalises_null_input_instead_of_rejecting(tmp_path: Path):
+    f = tmp_path / "x.jsonl"
+    f.write_bytes(jsonl([make_record(input=None), {"instruction": "问", "output": "答"}]))
+    r = run("validate", str(f))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == 'x.jsonl: input: null: loaded as "" in 1 record(s) (first at line 1)'
+    assert lines[-1] == "2 records loaded, 0 problems, 2 normalised (missing or null optional fields loaded as empty)"
+
+
 def test_stats_prints_per_config_table(tmp_path: Path, capsys):
     for cfg, n in (("xhs", 2), ("zhihu", 3)):
         (tmp_path / cfg).mkdir()

@@ -42,6 +42,69 @@ def json_lines(text: str, path: str | Path, error: type[Exception] = ValueError,
     return out
 
 
+#: Compressed JSON Lines read directly, as ``datasets`` does: suffix -> format.
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".zst": "zstd"}
+_MAGIC = {b"\x1f\x8b": ("gzip", "1f 8b", ".gz"), b"\x28\xb5\x2f\xfd": ("zstd", "28 b5 2f fd", ".zst")}
+
+
+class CompressedDataError(ValueError):
+    """A compressed data file that cannot be decompressed here (damaged, or zstandard missing)."""
+
+
+def data_name(path: str | Path) -> str:
+    """The file name without a compression suffix: ``a.jsonl.gz`` -> ``a.jsonl``."""
+    name = Path(path).name
+    for suffix in COMPRESSED_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def compressed_bytes_hint(raw: bytes, path: str | Path = "") -> str | None:
+    """What to do about compressed bytes in a file not named so (``None`` when ``raw`` is not compressed)."""
+    for magic, (fmt, shown, suffix) in _MAGIC.items():
+        if raw.startswith(magic):
+            stem = data_name(path) if path else ""
+            ext = Path(stem).suffix or ".jsonl"
+            return f"{fmt}-compressed bytes (magic {shown}): name the file {ext}{suffix} or decompress it"
+    return None
+
+
+def zstd_available() -> bool:
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def decompress(raw: bytes, path: str | Path) -> bytes:
+    """``raw`` decompressed as the name of ``path`` says (``.gz``, ``.zst``), else as it is.
+    Raises :class:`CompressedDataError` naming the file when that is not possible."""
+    fmt = COMPRESSED_SUFFIXES.get(Path(path).suffix)
+    if fmt == "gzip":
+        import gzip
+        import zlib
+
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CompressedDataError(f"not valid gzip data ({e}): download the file again, or "
+                                      "remove the .gz suffix if it is not compressed") from None
+    if fmt == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise CompressedDataError("a .zst file needs the zstandard package to be read: pip install "
+                                      "zstandard (or decompress it: zstd -d FILE)") from None
+        try:
+            return zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+        except zstandard.ZstdError as e:
+            raise CompressedDataError(f"not valid zstd data ({e}): download the file again, or "
+                                      "remove the .zst suffix if it is not compressed") from None
+    return raw
+
+
 class LogLineWarning(UserWarning):
     """A line of an append-only log could not be read and was skipped (the file is left as it is)."""
 
