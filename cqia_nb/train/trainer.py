@@ -64,18 +64,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from cqia_nb.core.atomic import check_writable, staged_files, write_text
 from cqia_nb.core.generation import generate_batch
 from cqia_nb.models.loading import is_adapter, load_for_inference, quiet_transformers, torch_dtype
 from cqia_nb.models.smollm2 import smollm2_folder
 from cqia_nb.train.config import (
     CONFIG_FILE,
+    DATA_ISSUES_FILE,
     METRICS_FILE,
     TrainConfig,
     TrainConfigError,
     cuda_available,
     runtime_problems,
 )
-from cqia_nb.train.data import build_datasets, load_conversations, load_tokenizer, tiny_base_model
+from cqia_nb.train.data import (
+    TrainDataReport,
+    build_datasets,
+    data_report,
+    load_conversations,
+    load_tokenizer,
+    tiny_base_model,
+)
 
 
 def load_model(config: TrainConfig, model_dir: str | Path):
@@ -210,6 +219,7 @@ class TrainResult:
     train_seconds: float = 0.0
     resumed_from: Path | None = None   # the checkpoint this run continued from
     interrupted: bool = False          # stopped by ``stop_after``: a checkpoint, no final model yet
+    data: TrainDataReport | None = None  # rows read = used + dropped, and every dropped/truncated row
 
     @property
     def tokens_per_s(self) -> float:
@@ -314,12 +324,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
     ckpt = last_checkpoint(out) if resume else None
     if resume and ckpt is None and read_metrics(out):
         print(f"resume: no complete checkpoint in {out}; starting over", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # an output folder that cannot be written fails now, not after the data is read
     metrics_path = out / METRICS_FILE
     if ckpt is not None:  # cut the logged curve back to the checkpoint so it continues exactly
         step = int(json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
         keep = [m for m in read_metrics(out) if m.get("step", 0) <= step]
-        metrics_path.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in keep), encoding="utf-8")
+        write_text(metrics_path, "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in keep))
     elif metrics_path.exists():
         metrics_path.unlink()
 
@@ -330,12 +340,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
         base = resolve_base_model(config, convs)
         tok = load_tokenizer(base, config.chat_template)
     train_ds, val_ds = build_datasets(config, tok, convs, val_convs)
+    report = data_report(config, convs, val_convs)
     set_seed(config.seed)
     model = load_model(config, base)
     import yaml
 
-    (out / CONFIG_FILE).write_text(yaml.safe_dump({**config.to_dict(), "resolved_base_model": str(base)},
-                                                  allow_unicode=True, sort_keys=False), encoding="utf-8")
+    write_text(out / CONFIG_FILE, yaml.safe_dump({**config.to_dict(), "resolved_base_model": str(base)},
+                                                 allow_unicode=True, sort_keys=False))
+    write_text(out / DATA_ISSUES_FILE, report.jsonl())
     trainer = Trainer(model=model, args=_training_args(config, val_ds is not None), train_dataset=train_ds,
                       eval_dataset=val_ds, data_collator=_collator(config, tok), processing_class=tok)
     trainer.remove_callback(PrinterCallback)
@@ -368,12 +380,19 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
         interrupted = stop_after is not None and step < trainer.state.max_steps
         if not interrupted:
             getattr(model, "get_base_model", lambda: model)().config.use_cache = True  # saved for inference
-            trainer.save_model(str(out))  # full: model.safetensors; lora/qlora: adapter_model.safetensors
-            tok.save_pretrained(str(out))
+            _save_final(trainer, tok, out)
     return TrainResult(output_dir=out, model_dir=out, base_model_dir=Path(str(base)),
                        global_step=step, metrics=read_metrics(out),
                        train_tokens=int(trainer.state.num_input_tokens_seen or 0) - tokens0, train_seconds=secs,
-                       resumed_from=ckpt, interrupted=interrupted)
+                       resumed_from=ckpt, interrupted=interrupted, data=report)
+
+
+def _save_final(trainer, tok, out: Path) -> None:
+    """The final model (full: model.safetensors; lora/qlora: adapter_model.safetensors) and tokenizer,
+    written to a staging folder inside ``out`` and renamed into place only when all were written."""
+    with staged_files(out) as tmp:
+        trainer.save_model(str(tmp))
+        tok.save_pretrained(str(tmp))
 
 
 def merge_adapter(output_dir: str | Path, out_dir: str | Path | None = None, dtype: str = "float32") -> Path:
