@@ -10,13 +10,17 @@ cannot be written.
 
 Every ``OSError`` met while writing becomes an :class:`OutputError` naming the output, the reason
 and what to do ("cannot write out/: permission denied; choose a folder you can write to ..."); the
-temporary file or folder is removed first. Temporary names start with "." and end with ".tmp".
+temporary file or folder is removed first. So does an error of another type that carries an operating
+system error: writers in Rust (polars' ``write_parquet``, safetensors) raise their own exception types
+with the OS error in the message ("No space left on device (os error 28)"), see :func:`os_errno`.
+Temporary names start with "." and end with ".tmp".
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import shutil
 from contextlib import contextmanager
@@ -43,12 +47,39 @@ def _file_in_path(path: Path) -> Path | None:
     return None
 
 
+# Rust's std::io::Error prints "No space left on device (os error 28)"; Python's OSError "[Errno 28] ..."
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)|\[Errno (\d+)\]")
+
+
+def os_errno(err: BaseException) -> int | None:
+    """The operating-system error number behind ``err``: its ``errno``, else one named in its message
+    or in the exceptions it was raised from (``__cause__`` / ``__context__``); None when there is none.
+    Libraries written in Rust or C++ wrap an OS error in their own exception types (polars'
+    ``ComputeError`` for a full disk under ``write_parquet``), which would otherwise pass as a crash."""
+    seen: set[int] = set()
+    e: BaseException | None = err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "errno", None)
+        if isinstance(code, int):
+            return code
+        m = _OS_ERROR_IN_TEXT.search(str(e))
+        if m:
+            return int(m.group(1) or m.group(2))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _is_os_error(err: BaseException) -> bool:
+    return isinstance(err, OSError) or (isinstance(err, Exception) and os_errno(err) is not None)
+
+
 def output_error(path: str | Path, err: BaseException) -> OutputError:
     """The :class:`OutputError` for ``err``, met while writing ``path``."""
     if isinstance(err, OutputError):
         return err
     p = Path(path)
-    code = getattr(err, "errno", None)
+    code = os_errno(err)
     blocker = _file_in_path(p) if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR) else None
     if blocker is not None:
         what = "it is a file, not a folder" if blocker == p else f"{blocker} is a file, not a folder"
@@ -66,8 +97,11 @@ def output_error(path: str | Path, err: BaseException) -> OutputError:
     if hasattr(errno, "EDQUOT"):
         reasons[errno.EDQUOT] = ("disk quota exceeded", "free some space or write to another disk; "
                                                         "nothing was left half-written")
-    reason, advice = reasons.get(code, (getattr(err, "strerror", None) or str(err) or type(err).__name__,
-                                        "check the output path"))
+    if code in reasons:
+        reason, advice = reasons[code]
+    else:  # keep the message to one line: a wrapped error's text can span several
+        text = getattr(err, "strerror", None) or (os.strerror(code) if code else None) or str(err) or type(err).__name__
+        reason, advice = " ".join(str(text).split()), "check the output path"
     return OutputError(p, reason, advice, code)
 
 
@@ -145,7 +179,7 @@ def atomic_file(path: str | Path, mode: str = "wb", *, encoding: str | None = No
         os.replace(tmp, p)
     except BaseException as e:
         _remove(tmp)
-        if isinstance(e, OSError):
+        if _is_os_error(e):
             raise output_error(p, e) from e
         raise
     if fsync:
@@ -181,7 +215,7 @@ def staged_folder(path: str | Path) -> Iterator[Path]:
         _publish(tmp, p)
     except BaseException as e:
         _remove(tmp)
-        if isinstance(e, OSError):
+        if _is_os_error(e):
             raise output_error(p, e) from e
         raise
 
@@ -228,6 +262,6 @@ def staged_files(folder: str | Path) -> Iterator[Path]:
                 out.rmdir()
             except OSError:
                 pass
-        if isinstance(e, OSError):
+        if _is_os_error(e):
             raise output_error(out, e) from e
         raise

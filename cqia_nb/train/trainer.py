@@ -56,15 +56,17 @@ CLI: ``python -m cqia_nb.train --config recipes/train-cpu-tiny.yaml [--set key=v
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from cqia_nb.core.atomic import check_writable, staged_files, write_text
+from cqia_nb.core.atomic import check_writable, os_errno, output_error, staged_files, write_text
 from cqia_nb.core.generation import generate_batch
 from cqia_nb.models.loading import is_adapter, load_for_inference, quiet_transformers, torch_dtype
 from cqia_nb.models.smollm2 import smollm2_folder
@@ -198,14 +200,32 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
             n = int(d.name.split("-", 1)[1])
         except ValueError:
             continue
-        if (d / "trainer_state.json").is_file() and any(d.glob("*.safetensors")):
-            try:
-                json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
-            except ValueError:
-                continue
-            if best is None or n > best[0]:
-                best = (n, d)
+        if _checkpoint_complete(d) and (best is None or n > best[0]):
+            best = (n, d)
     return best[1] if best else None
+
+
+def _checkpoint_complete(d: Path) -> bool:
+    if not ((d / "trainer_state.json").is_file() and any(d.glob("*.safetensors"))):
+        return False
+    try:
+        json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    return True
+
+
+# Errors of a disk that stopped taking writes. Others (EACCES, ...) may come from reading a checkpoint
+# and keep their own message.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+
+
+def _remove_incomplete_checkpoints(out: Path, before: set[str]) -> None:
+    """Delete the checkpoint folders this run began but did not finish (a full disk mid-save), so no
+    half-written checkpoint is left; complete ones stay for ``resume``."""
+    for d in out.glob("checkpoint-*") if out.is_dir() else ():
+        if d.name not in before and d.is_dir() and not _checkpoint_complete(d):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @dataclass
@@ -374,7 +394,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
         # transformers 5.24 warns about its own deprecated alias inside Trainer; keep stderr stable
         warnings.filterwarnings("ignore", message=".*_checkpointing.* is deprecated and will be removed in v6.*",
                                 category=FutureWarning)
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+        before = {d.name for d in out.glob("checkpoint-*")} if out.is_dir() else set()
+        try:
+            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+        except Exception as e:  # Trainer's checkpoint writers (torch, safetensors) wrap OS errors their own way
+            if os_errno(e) not in _DISK_ERRNOS:
+                raise
+            _remove_incomplete_checkpoints(out, before)
+            raise output_error(out, e) from e
         secs = time.perf_counter() - t0
         step = int(trainer.state.global_step)
         interrupted = stop_after is not None and step < trainer.state.max_steps

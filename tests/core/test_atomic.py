@@ -13,6 +13,7 @@ from cqia_nb.core.atomic import (
     OutputError,
     atomic_file,
     check_writable,
+    os_errno,
     output_error,
     staged_files,
     staged_folder,
@@ -111,3 +112,37 @@ def test_a_path_under_a_file_is_named(tmp_path):
 def test_check_writable_leaves_no_probe(tmp_path):
     assert check_writable(tmp_path / "new" / "dir") == tmp_path / "new" / "dir"
     assert os.listdir(tmp_path / "new" / "dir") == []
+
+
+class RustWriterError(Exception):
+    """What polars raises for a full disk under write_parquet: its own type, the OS error in the text."""
+
+
+def test_os_errno_finds_the_os_error_behind_other_exception_types():
+    assert os_errno(OSError(errno.ENOSPC, "x")) == errno.ENOSPC
+    assert os_errno(RustWriterError("parquet: underlying IO error: No space left on device (os error 28)")) == 28
+    assert os_errno(RuntimeError("[Errno 30] Read-only file system: 'a'")) == errno.EROFS
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "quota")
+        except OSError as inner:
+            raise RuntimeError("saving failed") from inner
+    except RuntimeError as outer:
+        assert os_errno(outer) == errno.EDQUOT
+    assert os_errno(ValueError("a value error (not an OS one)")) is None
+
+
+def test_a_wrapped_os_error_becomes_an_output_error_and_other_errors_pass(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match=r"cannot write .*out: no space left on device; free some space"):
+        with staged_files(out) as tmp:
+            (tmp / "kept.parquet").write_bytes(b"half")
+            raise RustWriterError("parquet: File out of specification: underlying IO error: "
+                                  "No space left on device (os error 28)")
+    assert not out.exists()
+    with pytest.raises(ValueError):  # no OS error behind it: not an output problem, passes unchanged
+        with staged_folder(out):
+            raise ValueError("bad spec")
+    assert not out.exists() and leftovers(tmp_path) == []
+    e = output_error(out, RustWriterError("line one (os error 5)\nline two"))
+    assert "\n" not in str(e) and e.errno == 5  # an errno without its own wording: os.strerror, one line

@@ -723,13 +723,17 @@ def test_full_disk_at_the_final_save_leaves_no_half_written_model(tiny_data, tmp
 
     from cqia_nb.cli import main
 
+    recipe = ROOT / "recipes" / "train-cpu-tiny.yaml"
+    out = tmp_path / "run"
+    save = PreTrainedTokenizerBase.save_pretrained
+
     def full(self, folder, *a, **k):
+        if out not in Path(folder).parents:  # the tiny base model's cache folder (a cold cache) saves as usual
+            return save(self, folder, *a, **k)
         (Path(folder) / "tokenizer.json").write_text("{half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full)
-    recipe = ROOT / "recipes" / "train-cpu-tiny.yaml"
-    out = tmp_path / "run"
     sets = [f"data={tiny_data}", f"output_dir={out}", "max_steps=1", "eval_steps=null", "save_steps=null",
             "val_fraction=0", "tiny_pretrain_steps=0", "tiny_vocab_size=600", "max_length=64"]
     assert main(["train", "--config", str(recipe), *sum((["--set", s] for s in sets), [])]) == 2
@@ -738,3 +742,31 @@ def test_full_disk_at_the_final_save_leaves_no_half_written_model(tiny_data, tmp
     names = sorted(p.name for p in out.iterdir())
     assert "adapter_model.safetensors" not in names and "tokenizer.json" not in names
     assert not [n for n in names if n.endswith(".tmp")], names
+
+
+def test_full_disk_in_a_checkpoint_removes_the_partial_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    # safetensors and torch raise their own types for an OS error ("... (os error 28)"), not OSError;
+    # the checkpoint folder begun before the disk filled goes, so no half-written checkpoint is resumed
+    from transformers import Trainer
+
+    from cqia_nb.cli import main
+
+    class SafetensorError(Exception):
+        pass
+
+    def full(self, model, trial):
+        d = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"\0" * 64)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", full)
+    recipe = ROOT / "recipes" / "train-cpu-tiny.yaml"
+    out = tmp_path / "run"
+    sets = [f"data={tiny_data}", f"output_dir={out}", "max_steps=1", "eval_steps=null", "save_steps=1",
+            "val_fraction=0", "tiny_pretrain_steps=0", "tiny_vocab_size=600", "max_length=64"]
+    assert main(["train", "--config", str(recipe), *sum((["--set", s] for s in sets), [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cqia-nb train: cannot write {out}: no space left on device; ") and "\n" not in err
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert not [n for n in names if n.startswith("checkpoint-") or ".safetensors" in n or n.endswith(".tmp")], names
