@@ -679,7 +679,7 @@ def test_train_cli_forms_build_the_same_config(monkeypatch, tmp_path, capsys):
 
     seen = []
     monkeypatch.setattr(tcli, "train", lambda cfg, **kw: seen.append(cfg) or types.SimpleNamespace(
-        losses=[1.0], output_dir=cfg.output_dir, global_step=0, tokens_per_s=0.0))
+        losses=[1.0], output_dir=cfg.output_dir, global_step=0, tokens_per_s=0.0, data=None))
     recipe = tmp_path / "r.yaml"
     recipe.write_text("method: lora\nlora_target_modules: [q_proj]\nsystem_prompt: hi\n", encoding="utf-8")
     sets = ["--set", "max_steps=3", "--set", "lora_target_modules=[q_proj, v_proj]", "--set", "warmup_steps=2"]
