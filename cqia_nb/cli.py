@@ -11,9 +11,10 @@ from typing import Sequence
 from cqia_nb import build as subsets
 from cqia_nb import runner as nbs
 from cqia_nb.build import exports
+from cqia_nb.core.atomic import OutputError, check_writable
 from cqia_nb.core.distributed import current_shard
 from cqia_nb.core.overrides import AssignmentError, ConfigError, add_config_options, cli_overrides, parse_assignments
-from cqia_nb.data.load import LoadConfig, config_counts, format_problems, load
+from cqia_nb.data.load import LoadConfig, config_counts, format_notes, format_problems, load
 from cqia_nb.eval import mc as ev
 from cqia_nb.eval.belle import cli as open_eval
 from cqia_nb.filter.framework import FilterRun, run_pipeline
@@ -33,7 +34,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     res = _load(args.path)
     if res.problems.height:
         print(format_problems(res.problems))
-    print(f"{res.n_loaded} records loaded, {res.problems.height} problems")
+    if res.notes.height:  # missing or null optional fields, loaded as empty values
+        print(format_notes(res.notes))
+    norm = f", {res.n_normalized} normalised (missing or null optional fields loaded as empty)" if res.n_normalized else ""
+    print(f"{res.n_loaded} records loaded, {res.problems.height} problems{norm}")
     return 0 if res.problems.height == 0 else 1
 
 
@@ -133,6 +137,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
     config.build()  # a bad recipe fails here, before the input is read
     if run.out_dir is None:
         raise ConfigError("no out_dir: add --set out_dir=DIR (or give INPUT OUT_DIR)")
+    check_writable(run.out_dir)  # before the run; the outputs are written, then renamed into place
     frame, res = _filter_input(run.input)
     if res is not None and res.problems.height:
         print(f"note: {res.problems.height} problems in the input, {res.n_rejected} records not loaded "
@@ -164,9 +169,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         if not (out / exports.MANIFEST).is_file():
             raise ValueError(f"{out}: --force replaces only a previous build (with {exports.MANIFEST}); "
                              "this folder holds something else")
-        import shutil
-
-        shutil.rmtree(out)
+    check_writable(out.parent)  # before the build; export_all replaces a previous build only once complete
     build = subsets.run_build(spec)
     if build.contamination is None and build.contamination_note:
         print(f"note: contamination check {build.contamination_note}", file=sys.stderr)
@@ -298,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OutputError) as e:  # OutputError: "cannot write PATH: why; what to do"
         print(f"cqia-nb {args.command}: {e}", file=sys.stderr)
         return 2
 

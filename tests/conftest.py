@@ -47,3 +47,141 @@ def jsonl(records) -> bytes:
 @pytest.fixture
 def cache(tmp_path: Path) -> str:
     return str(tmp_path / "cache")
+
+
+class Unprivileged:
+    """Runs commands as a user for whom a read-only folder is read-only (root writes into any folder)."""
+
+    def __init__(self, prefix: list[str], uid: int, gid: int, home: Path, how: str):
+        self.prefix, self.uid, self.gid, self.home, self.how = prefix, uid, gid, home, how
+
+    def folder(self, name: str, mode: int = 0o755) -> Path:
+        """A folder inside ``home`` owned by the unprivileged user, with ``mode``."""
+        p = self.home / name
+        p.mkdir(parents=True, exist_ok=True)
+        _give(p, self.uid, self.gid)
+        p.chmod(mode)
+        return p
+
+    def env(self, **over: str) -> dict[str, str]:
+        """The test environment with every writable place inside ``home`` (the session's cache and
+        figure folders belong to the user running pytest)."""
+        env = {**os.environ, "HOME": str(self.home), "CQIA_CACHE_DIR": str(self.home / "cache"),
+               "CQIA_FIGURES_DIR": str(self.home / "figures"),
+               "CQIA_RESULTS": str(self.home / "results" / "results.jsonl"),
+               "XDG_CACHE_HOME": str(self.home / "xdg"), "MPLCONFIGDIR": str(self.home / "mpl"),
+               "PYTHONDONTWRITEBYTECODE": "1"}
+        env.update(over)
+        return env
+
+    def run(self, args: list[str], **kw):
+        import subprocess
+
+        kw.setdefault("env", self.env())
+        return subprocess.run(self.prefix + args, capture_output=True, text=True, cwd=str(ROOT), **kw)
+
+
+def _give(p: Path, uid: int, gid: int) -> None:
+    if os.geteuid() == 0 and (uid, gid) != (0, 0):
+        os.chown(p, uid, gid)
+
+
+def _scratch(uid: int, gid: int) -> Path:
+    """A fresh folder the unprivileged user owns, under /tmp (pytest's tmp_path is private to root)."""
+    home = Path(tempfile.mkdtemp(prefix="cqia-unprivileged-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    home.chmod(0o755)
+    _give(home, uid, gid)
+    return home
+
+
+def _drop_candidates() -> list[tuple[str, list[str], int, int]]:
+    """(how, argv prefix, uid, gid) ways for root to run a command without root's file powers."""
+    import pwd
+    import shutil
+
+    out = []
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        nobody = None
+    if nobody is not None and shutil.which("setpriv"):
+        out.append(("setpriv to nobody", ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}",
+                                          "--clear-groups", "--"], nobody.pw_uid, nobody.pw_gid))
+    if nobody is not None and shutil.which("runuser"):
+        out.append(("runuser to nobody", ["runuser", "-u", "nobody", "--"], nobody.pw_uid, nobody.pw_gid))
+    if shutil.which("setpriv"):  # for a Python that `nobody` cannot reach (under /root, say)
+        caps = "-dac_override,-dac_read_search"
+        out.append(("setpriv: root without CAP_DAC_OVERRIDE", ["setpriv", f"--bounding-set={caps}",
+                                                                f"--inh-caps={caps}", "--"], 0, 0))
+    return out
+
+
+_PROBE = """
+import os, sys
+import cqia_nb, polars
+ro = sys.argv[1]
+open(os.path.join(os.path.dirname(ro), "ok"), "w").close()
+try:
+    open(os.path.join(ro, "x"), "w").close()
+except PermissionError:
+    print("read-only holds")
+else:
+    print("read-only ignored")
+"""
+
+
+@pytest.fixture(scope="session")
+def _unprivileged_way() -> tuple[str, list[str], int, int]:
+    """The first way to drop root's file powers that runs this Python with the package importable and
+    that a mode-0555 folder stops; checked once per session."""
+    import shutil
+    import subprocess
+    import sys
+
+    if os.name != "posix":
+        pytest.skip("POSIX permissions are needed to make a folder read-only")
+    if os.geteuid() != 0:
+        return ("this user", [], os.getuid(), os.getgid())
+    tried = []
+    for how, prefix, uid, gid in _drop_candidates():
+        home = _scratch(uid, gid)
+        ro = home / "ro"
+        try:
+            ro.mkdir()
+            _give(ro, uid, gid)
+            ro.chmod(0o555)
+            r = subprocess.run(prefix + [sys.executable, "-c", _PROBE, str(ro)], capture_output=True, text=True,
+                               cwd=str(ROOT), env={**os.environ, "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"})
+            if r.returncode == 0 and r.stdout.strip() == "read-only holds":
+                return how, prefix, uid, gid
+            last = (r.stderr.strip().splitlines() or [r.stdout.strip()])[-1]
+            tried.append(f"{how}: {last}")
+        finally:
+            if ro.is_dir():
+                ro.chmod(0o755)
+            shutil.rmtree(home, ignore_errors=True)
+    pytest.skip("running as root, and no way to drop root's file powers works here "
+                f"({'; '.join(tried) or 'neither setpriv nor runuser exists'}): a folder cannot be made "
+                f"read-only for root; install util-linux (setpriv, runuser) or run the tests as a normal user")
+
+
+@pytest.fixture
+def unprivileged(_unprivileged_way):
+    """Tests run as root on CI, and root writes into read-only folders. As root, commands run through
+    :meth:`Unprivileged.run` run as `nobody` (setpriv or runuser), or, where `nobody` cannot run this
+    Python, as root without CAP_DAC_OVERRIDE; as any other user, as that user. Skips only when tests
+    run as root and none of these works, saying why."""
+    import shutil
+
+    how, prefix, uid, gid = _unprivileged_way
+    home = _scratch(uid, gid)
+    try:
+        yield Unprivileged(prefix, uid, gid, home, how)
+    finally:
+        for p in [home, *home.rglob("*")]:
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    p.chmod(0o755)
+            except OSError:
+                pass
+        shutil.rmtree(home, ignore_errors=True)

@@ -1,9 +1,12 @@
 """``cqia-nb``: ``validate`` / ``stats`` output and exit codes; the ``--config FILE --set KEY=VALUE``
-convention of ``filter`` and ``build`` (old flags map onto the same keys). ``train`` and ``eval`` have
-theirs in tests/train and tests/eval."""
+convention of ``filter`` and ``build`` (old flags map onto the same keys); ``filter``, ``build`` and
+``train`` with an output folder that cannot be written (read-only, under a file, a full disk): one
+line, exit 2, nothing half-written. ``train`` and ``eval`` have their other tests in tests/train and
+tests/eval."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -39,6 +42,16 @@ def test_validate_clean_exits_0_and_usage_errors_exit_2(tmp_path: Path):
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
     assert run("validate").returncode == 2
     assert run("frobnicate").returncode == 2
+
+
+def test_validate_normalises_null_input_instead_of_rejecting(tmp_path: Path):
+    f = tmp_path / "x.jsonl"
+    f.write_bytes(jsonl([make_record(input=None), {"instruction": "问", "output": "答"}]))
+    r = run("validate", str(f))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == 'x.jsonl: input: null: loaded as "" in 1 record(s) (first at line 1)'
+    assert lines[-1] == "2 records loaded, 0 problems, 2 normalised (missing or null optional fields loaded as empty)"
 
 
 def test_stats_prints_per_config_table(tmp_path: Path, capsys):
@@ -219,3 +232,126 @@ def test_every_pipeline_subcommand_takes_config_and_set():
                     ("eval belle", evals["belle"])]:
         opts = {s for a in p._actions for s in a.option_strings}
         assert {"--config", "--set"} <= opts, name
+
+
+# ----------------------------------------------------------------------------- outputs that cannot be written
+
+ROOT = Path(__file__).resolve().parent.parent
+FILTER_RECIPE = "steps:\n  - filter: empty_output\n"
+BUILD_SPEC = "name: t\nseed: 1\nbuiltin: [config.ruozhiba]\nsplit: {validation: 0.2}\n"
+
+
+def _argv(cmd: str, folder: Path, out: Path) -> list[str]:
+    """cqia-nb arguments that write into ``out`` (recipes written to ``folder``)."""
+    if cmd == "filter":
+        (folder / "recipe.yaml").write_text(FILTER_RECIPE, encoding="utf-8")
+        return ["filter", "--config", str(folder / "recipe.yaml"), "bundled", str(out)]
+    if cmd == "build":
+        (folder / "spec.yaml").write_text(BUILD_SPEC, encoding="utf-8")
+        return ["build", "--config", str(folder / "spec.yaml"), "--set", "input=bundled", "--set", f"out_dir={out}"]
+    return ["train", "--config", str(ROOT / "recipes" / "train-cpu-tiny.yaml"), "--set", f"output_dir={out}",
+            "--set", "max_steps=1", "--set", "tiny_pretrain_steps=0", "--set", "eval_steps=null",
+            "--set", "val_fraction=0"]
+
+
+def _one_clear_line(stderr: str, cmd: str, path: Path, reason: str) -> None:
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    assert lines[0].startswith(f"cqia-nb {cmd}: cannot write {path}: {reason}; "), lines[0]
+
+
+@pytest.mark.parametrize("cmd", ["filter", "build", "train"])
+def test_read_only_output_folder_exits_2_with_one_line(unprivileged, cmd):
+    ro = unprivileged.folder("ro", 0o555)
+    home = unprivileged.folder("work")
+    r = unprivileged.run([sys.executable, "-m", "cqia_nb.cli", *_argv(cmd, home, ro / "out")])
+    assert r.returncode == 2, r.stdout + r.stderr
+    _one_clear_line(r.stderr, cmd, ro if cmd == "build" else ro / "out", "permission denied")
+    assert "choose a folder you can write to" in r.stderr
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("cmd", ["filter", "build", "train"])
+def test_output_path_under_a_file_exits_2_with_one_line(tmp_path, capsys, cmd):
+    (tmp_path / "notes.txt").write_text("not a folder")
+    out = tmp_path / "notes.txt" / "out"
+    assert main(_argv(cmd, tmp_path, out)) == 2
+    err = capsys.readouterr().err
+    if cmd == "build":  # build checks OUT_DIR's parent first (OUT_DIR itself is made only when complete)
+        _one_clear_line(err, cmd, out.parent, "it is a file, not a folder")
+    else:
+        _one_clear_line(err, cmd, out, f"{tmp_path / 'notes.txt'} is a file, not a folder")
+
+
+def test_full_disk_in_filter_keeps_the_previous_outputs(tmp_path, capsys, monkeypatch):
+    # ENOSPC simulated: the last output (steps.csv) fails after the others were written.
+    import errno
+
+    import polars as pl
+
+    out = tmp_path / "out"
+    assert main(_argv("filter", tmp_path, out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "kept.jsonl").write_bytes(b"previous run\n")
+    before["kept.jsonl"] = b"previous run\n"
+    capsys.readouterr()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pl.DataFrame, "write_csv", full)
+    assert main(_argv("filter", tmp_path, out)) == 2
+    _one_clear_line(capsys.readouterr().err, "filter", out, "no space left on device")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing half-written, no staging left
+
+
+def test_full_disk_in_build_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import cqia_nb.build.exports as E
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(E, "write_card", full)  # the card is written last, after every export
+    out = tmp_path / "out"
+    assert main(_argv("build", tmp_path, out)) == 2
+    _one_clear_line(capsys.readouterr().err, "build", out, "no space left on device")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+def _tiny_tmpfs(size: str) -> list[str] | None:
+    """argv prefix that runs a command in a private mount namespace with a tmpfs of ``size`` mounted
+    on the folder given as the prefix's last argument; None where that is not allowed (no root,
+    no CAP_SYS_ADMIN, no unshare)."""
+    import shutil
+
+    if os.name != "posix" or not shutil.which("unshare"):
+        return None
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=16k tmpfs /mnt"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return None
+    return ["unshare", "-m", "sh", "-c",
+            f'mount -t tmpfs -o size={size} tmpfs "$0" && "$@"; rc=$?; '
+            'echo "LEFT:$(cd "$0" && find . -mindepth 1 | sort | tr "\\n" " ")"; exit $rc']
+
+
+@pytest.mark.parametrize("cmd, size", [("filter", "96k"), ("build", "96k"), ("train", "256k")])
+def test_full_disk_on_a_real_tiny_tmpfs(tmp_path, cmd, size):
+    prefix = _tiny_tmpfs(size)
+    if prefix is None:
+        pytest.skip("a real full disk needs `unshare -m` and mount (root with CAP_SYS_ADMIN); "
+                    "the monkeypatched ENOSPC tests above cover the same path")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    argv = _argv(cmd, tmp_path, disk / "out")
+    r = subprocess.run([*prefix, str(disk), sys.executable, "-m", "cqia_nb.cli", *argv],
+                       capture_output=True, text=True, cwd=str(ROOT))
+    assert r.returncode == 2, r.stdout + r.stderr
+    _one_clear_line(r.stderr, cmd, disk / "out", "no space left on device")
+    left = r.stdout.rsplit("LEFT:", 1)[1].split()
+    if cmd == "train":  # the small files written whole before the model; no checkpoint, no model, no temp file
+        assert set(left) <= {"./out", "./out/train_config.yaml", "./out/data_issues.jsonl", "./out/metrics.jsonl"}, left
+    else:
+        assert left == (["./out"] if cmd == "filter" else []), left  # filter: the empty folder it checked first

@@ -37,6 +37,7 @@ from typing import Any, Iterable
 import polars as pl
 
 from cqia_nb.build.formatting import token_stats
+from cqia_nb.core.atomic import staged_folder
 
 SPLITS = ("train", "validation")
 _LINE_BREAKS = ("\u2028", "\u2029", "\u0085")
@@ -421,11 +422,23 @@ def export_all(build: Any, out_dir: str | Path, formats: Iterable[str] | None = 
                timings: dict[str, float] | None = None) -> dict[str, str]:
     """Write every format of the spec (or ``formats``) for every target; returns
     {path relative to out_dir: SHA-256} for all files written, the card included.
-    ``timings`` (optional) receives seconds per format."""
+    ``timings`` (optional) receives seconds per format.
+
+    The build is written to a temporary folder beside ``out_dir`` and renamed to ``out_dir`` when
+    complete: a failure (a full disk, say) leaves ``out_dir`` as it was, and a previous build there
+    is replaced whole. A folder holding anything but a previous build is refused."""
+    final = Path(out_dir)
+    if final.is_dir() and any(final.iterdir()) and not (final / MANIFEST).is_file():
+        raise ValueError(f"{final}: not empty and not a previous build (no {MANIFEST}); export_all replaces "
+                         "the folder whole: choose a new folder")
+    with staged_folder(final) as out:
+        return _export_into(build, out, formats, timings)
+
+
+def _export_into(build: Any, out: Path, formats: Iterable[str] | None,
+                 timings: dict[str, float] | None) -> dict[str, str]:
     import time
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     formats = tuple(formats or build.spec.exports)
     written: list[Path] = []
     frames = {name: t.frame for name, t in build.targets.items()}

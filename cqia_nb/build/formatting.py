@@ -40,13 +40,13 @@ Truncation (``max_length``; every decision counted in ``TruncationReport``)
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Sequence
 
 import numpy as np
 import polars as pl
 
+from cqia_nb.core.atomic import atomic_file
 from cqia_nb.core.chat import NAMED_TEMPLATES, messages_expr, render_expr
 from cqia_nb.core.overrides import unknown_keys_message
 from cqia_nb.core.paths import cache_dir
@@ -217,10 +217,8 @@ def count_tokens_cached(texts: Sequence[str], tokenizer, batch_size: int = 1024,
                             "n": pl.Series(out[miss], dtype=pl.Int64)})
         table = pl.concat([known, new]).unique("h", keep="first") if known is not None else new.unique("h")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            table.write_parquet(tmp)
-            os.replace(tmp, path)
+            with atomic_file(path, "wb") as fh:
+                table.write_parquet(fh)
         except OSError:  # a read-only cache must not stop the build
             pass
     return out

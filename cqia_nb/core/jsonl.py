@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+from cqia_nb.core.atomic import atomic_file
 
 
 def json_object(raw: bytes) -> tuple[dict[str, Any] | None, str]:
@@ -40,6 +40,69 @@ def json_lines(text: str, path: str | Path, error: type[Exception] = ValueError,
         except json.JSONDecodeError as e:
             raise error(f"{path}:{i}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None
     return out
+
+
+#: Compressed JSON Lines read directly, as ``datasets`` does: suffix -> format.
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".zst": "zstd"}
+_MAGIC = {b"\x1f\x8b": ("gzip", "1f 8b", ".gz"), b"\x28\xb5\x2f\xfd": ("zstd", "28 b5 2f fd", ".zst")}
+
+
+class CompressedDataError(ValueError):
+    """A compressed data file that cannot be decompressed here (damaged, or zstandard missing)."""
+
+
+def data_name(path: str | Path) -> str:
+    """The file name without a compression suffix: ``a.jsonl.gz`` -> ``a.jsonl``."""
+    name = Path(path).name
+    for suffix in COMPRESSED_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def compressed_bytes_hint(raw: bytes, path: str | Path = "") -> str | None:
+    """What to do about compressed bytes in a file not named so (``None`` when ``raw`` is not compressed)."""
+    for magic, (fmt, shown, suffix) in _MAGIC.items():
+        if raw.startswith(magic):
+            stem = data_name(path) if path else ""
+            ext = Path(stem).suffix or ".jsonl"
+            return f"{fmt}-compressed bytes (magic {shown}): name the file {ext}{suffix} or decompress it"
+    return None
+
+
+def zstd_available() -> bool:
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def decompress(raw: bytes, path: str | Path) -> bytes:
+    """``raw`` decompressed as the name of ``path`` says (``.gz``, ``.zst``), else as it is.
+    Raises :class:`CompressedDataError` naming the file when that is not possible."""
+    fmt = COMPRESSED_SUFFIXES.get(Path(path).suffix)
+    if fmt == "gzip":
+        import gzip
+        import zlib
+
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise CompressedDataError(f"not valid gzip data ({e}): download the file again, or "
+                                      "remove the .gz suffix if it is not compressed") from None
+    if fmt == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise CompressedDataError("a .zst file needs the zstandard package to be read: pip install "
+                                      "zstandard (or decompress it: zstd -d FILE)") from None
+        try:
+            return zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+        except zstandard.ZstdError as e:
+            raise CompressedDataError(f"not valid zstd data ({e}): download the file again, or "
+                                      "remove the .zst suffix if it is not compressed") from None
+    return raw
 
 
 class LogLineWarning(UserWarning):
@@ -92,22 +155,9 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on some platforms (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def append_lines(path: str | Path, entries: Sequence[dict[str, Any]]) -> None:
-    """Add JSON lines to an append-only log atomically, all or none (temp file + fsync +
-    os.replace, under the log's advisory lock). Shared by the review, pairwise-vote and
+    """Add JSON lines to an append-only log atomically, all or none (``core.atomic.atomic_file``:
+    temp file + fsync + os.replace, under the log's advisory lock). Shared by the review, pairwise-vote and
     results logs."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -119,18 +169,6 @@ def append_lines(path: str | Path, entries: Sequence[dict[str, Any]]) -> None:
             old = b""
         if old and not old.endswith(b"\n"):
             old += b"\n"  # never glue a decision to a torn last line
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(old)
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-    fsync_dir(p.parent)
+        with atomic_file(p, "wb", fsync=True) as fh:
+            fh.write(old)
+            fh.write(line)

@@ -9,6 +9,7 @@ from cqia_nb.data.cache import (  # noqa: F401
     combined_key,
     file_sha,
     read_index,
+    stat_key,
     stat_sha,
     write_index,
 )
@@ -26,6 +27,7 @@ from cqia_nb.data.load import (  # noqa: F401
     config_counts,
     data_cache_dir,
     discover_files,
+    format_notes,
     format_problems,
     hub_load_kwargs,
     load,
@@ -35,8 +37,10 @@ from cqia_nb.data.load import (  # noqa: F401
     resolve_source,
 )
 from cqia_nb.data.parse import (  # noqa: F401
+    EMPTY_VALUES,
     Columns,
     FileResult,
+    check_record,
     excerpt,
     parse_jsonl_bytes,
     validate_record,
@@ -48,6 +52,7 @@ from cqia_nb.data.schema import (  # noqa: F401
     FILE_SCHEMA,
     HUB_REPO,
     LFS_PREFIX,
+    NOTE_SCHEMA,
     PARSER_VERSION,
     PROBLEM_SCHEMA,
     RECORD_FIELDS,

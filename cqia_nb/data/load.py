@@ -10,6 +10,7 @@ Nothing is dropped silently: every line that is not loaded is one row of ``LoadR
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -23,15 +24,17 @@ from typing import Any, Literal
 import polars as pl
 import pyarrow as pa
 
+from cqia_nb.core.jsonl import CompressedDataError, data_name, decompress
 from cqia_nb.core.paths import cache_dir, project_root
 from cqia_nb.data.cache import cache_get, cache_put, combined_key, file_sha, read_index, stat_sha, write_index
-from cqia_nb.data.parse import Columns, FileResult, excerpt, parse_jsonl_bytes, validate_record
+from cqia_nb.data.parse import Columns, FileResult, check_record, empty_value_text, excerpt, parse_jsonl_bytes
 from cqia_nb.data.schema import (
     CONFIGS,
     DATA_SUFFIXES,
     FILE_SCHEMA,
     HUB_REPO,
     LFS_PREFIX,
+    NOTE_SCHEMA,
     PROBLEM_SCHEMA,
     SCHEMA,
     DataQualityWarning,
@@ -68,6 +71,7 @@ class LoadResult:
     source: str
     root: Path | None = None
     from_cache: bool = False
+    notes: pl.DataFrame = dataclasses.field(default_factory=lambda: _empty(NOTE_SCHEMA))
 
     @property
     def records_read(self) -> int:
@@ -81,6 +85,11 @@ class LoadResult:
     def n_rejected(self) -> int:
         return int(self.files["rejected"].sum())
 
+    @property
+    def n_normalized(self) -> int:
+        """Records loaded with missing or null optional fields filled (see ``notes``)."""
+        return int(self.files["normalized"].sum())
+
     def reconciles(self) -> bool:
         """True when every record read is either loaded or reported."""
         return self.records_read == self.n_loaded + self.n_rejected
@@ -88,8 +97,8 @@ class LoadResult:
     def summary(self) -> str:
         ok = (self.files["status"] == "ok").sum()
         return (f"{self.n_loaded:,} records loaded from {ok} data files; "
-                f"{self.n_rejected:,} rejected, {self.problems.height:,} problems "
-                f"({self.records_read:,} records read)")
+                f"{self.n_rejected:,} rejected, {self.problems.height:,} problems, "
+                f"{self.n_normalized:,} normalised ({self.records_read:,} records read)")
 
 
 def bundled_path() -> Path:
@@ -149,6 +158,7 @@ def discover_files(root: Path) -> list[tuple[str, Path]]:
     """(config, file) pairs of a folder in the Hugging Face layout, sorted by relative path.
 
     Uses the card's ``configs:`` globs when present, else one config per top-level folder.
+    ``.jsonl.gz`` and ``.jsonl.zst`` count as JSON Lines (read decompressed, as ``datasets`` does).
     Every regular file under a config folder is returned (not only .jsonl) so that nothing is
     skipped without a word: the loader reports unsupported files. JSON Lines files that no
     config claims come back with config "" (the loader reports them, and reads none).
@@ -165,14 +175,14 @@ def discover_files(root: Path) -> list[tuple[str, Path]]:
                 if p not in pairs and any(fnmatch.fnmatchcase(rel, g) for g in globs):
                     pairs[p] = config
         for p, rel in rels.items():
-            if p not in pairs and p.suffix == ".jsonl":
+            if p not in pairs and data_name(p).endswith(".jsonl"):
                 pairs[p] = ""
     else:
         for p, rel in rels.items():
             if "/" in rel:
                 pairs[p] = rel.split("/", 1)[0]
-            elif p.suffix == ".jsonl":
-                pairs[p] = p.stem
+            elif data_name(p).endswith(".jsonl"):
+                pairs[p] = data_name(p)[: -len(".jsonl")]
     return sorted(((c, p) for p, c in pairs.items()), key=lambda cp: rels[cp[1]])
 
 
@@ -231,7 +241,7 @@ def _load_path(path: str | Path, config: LoadConfig) -> LoadResult:
             key = combined_key((rel, c, s) for (c, _, rel), s in zip(rels, shas))  # type: ignore[misc]
             hit = cache_get(cdir, key)
             if hit is not None:
-                return LoadResult(*hit, source=str(root), root=base, from_cache=True)
+                return _cached_result(hit, root, base)
 
     raws: list[bytes] = []
     keyparts = []
@@ -246,9 +256,9 @@ def _load_path(path: str | Path, config: LoadConfig) -> LoadResult:
         hit = cache_get(cdir, key)
         if hit is not None:
             write_index(cdir, index)
-            return LoadResult(*hit, source=str(root), root=base, from_cache=True)
+            return _cached_result(hit, root, base)
 
-    frames, problems, files = [], [], []
+    frames, problems, files, notes = [], [], [], []
     it = list(zip(rels, raws, keyparts))
     if config.progress:
         from tqdm.auto import tqdm
@@ -260,30 +270,58 @@ def _load_path(path: str | Path, config: LoadConfig) -> LoadResult:
             res.problems.append((1, "-", "no config of the card's `configs:` block includes this file, so it "
                                          "was not read (it may repeat other files); load it on its own with "
                                          "source=<this file> if you want it", ""))
-        elif p.suffix not in DATA_SUFFIXES and not raw.startswith(LFS_PREFIX):
+        elif Path(data_name(p)).suffix not in DATA_SUFFIXES and not raw.startswith(LFS_PREFIX):
             res = FileResult(table=Columns().table(), status="unsupported")
             res.problems.append((1, "-", f"not a JSON Lines file ({p.suffix or 'no suffix'}): "
                                          "convert it to .jsonl or move it out of the config folder", ""))
         else:
-            res = parse_jsonl_bytes(raw)
+            try:
+                res = parse_jsonl_bytes(decompress(raw, p))
+            except CompressedDataError as e:
+                res = FileResult(table=Columns().table(), status="unreadable")
+                res.problems.append((1, "-", str(e), ""))
         frames.append(res.table)
         problems.extend((rel, ln, f, m, x) for ln, f, m, x in res.problems)
-        files.append((rel, c, res.status, len(raw), res.records_read, res.table.num_rows, res.rejected, sha))
+        notes.extend(_note_rows(rel, res))
+        files.append((rel, c, res.status, len(raw), res.records_read, res.table.num_rows, res.rejected,
+                      res.normalized, sha))
 
     table = _with_provenance(pa.concat_tables(frames), [f[0] for f in files],
                              [f[1] for f in files], [f[5] for f in files])
     prob = pl.DataFrame(problems, schema=PROBLEM_SCHEMA, orient="row") if problems else _empty(PROBLEM_SCHEMA)
     fdf = pl.DataFrame(files, schema=FILE_SCHEMA, orient="row")
+    ndf = pl.DataFrame(notes, schema=NOTE_SCHEMA, orient="row") if notes else _empty(NOTE_SCHEMA)
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)
     if config.cache:
         try:
-            cache_put(cdir, key, (table, prob.to_arrow(), fdf.to_arrow()))
+            cache_put(cdir, key, (table, prob.to_arrow(), fdf.to_arrow(), ndf.to_arrow()))
             write_index(cdir, index)
         except OSError as e:  # a read-only cache must not stop the load
             warnings.warn(f"could not write the cache in {cdir}: {e}; set CQIA_CACHE_DIR to a writable folder",
                           stacklevel=2)
-    return LoadResult(frame, prob, fdf, source=str(root), root=base)
+    return LoadResult(frame, prob, fdf, source=str(root), root=base, notes=ndf)
+
+
+def _cached_result(hit: dict[str, pl.DataFrame], root: Path, base: Path) -> LoadResult:
+    return LoadResult(hit["records"], hit["problems"], hit["files"], source=str(root), root=base, from_cache=True,
+                      notes=hit["notes"])
+
+
+def _note_rows(rel: str, res: FileResult) -> list[tuple[str, str, int, int, str]]:
+    """One NOTE_SCHEMA row per (field, missing|null) of a file."""
+    return [(rel, f, n, first, f"{how}: loaded as {empty_value_text(f)}")
+            for (f, how), (n, first) in sorted(res.notes.items(), key=lambda kv: (kv[1][1], kv[0]))]
+
+
+def format_notes(notes: pl.DataFrame, limit: int | None = None) -> str:
+    """``FILE: FIELD: missing: loaded as "" in N records (first at line L)`` lines, one per note."""
+    rows = notes.head(limit) if limit else notes
+    lines = [f"{r['file']}: {r['field']}: {r['message']} in {r['records']:,} record(s) (first at line {r['first_line']})"
+             for r in rows.iter_rows(named=True)]
+    if limit and notes.height > limit:
+        lines.append(f"... and {notes.height - limit} more")
+    return "\n".join(lines)
 
 
 def _report(result: LoadResult, config: LoadConfig) -> LoadResult:
@@ -331,7 +369,7 @@ def _load_hub(config: LoadConfig) -> LoadResult:
 
     names = config.configs or CONFIGS
     kwargs = [hub_load_kwargs(n, config.hub_repo, config.hub_revision) for n in names]
-    frames, problems, files = [], [], []
+    frames, problems, files, notes = [], [], [], []
     for kw in kwargs:
         try:
             ds = datasets.load_dataset(**kw)
@@ -340,26 +378,32 @@ def _load_hub(config: LoadConfig) -> LoadResult:
                 f"could not load {kw['path']} config {kw['name']!r} from the hub ({type(e).__name__}: {e}); "
                 "check your connection or clone the dataset and pass its folder as source") from e
         rel = f"hub:{kw['path']}/{kw['name']}"
-        cols, rejected = Columns(), 0
-        n = 0
+        cols = Columns()
+        res = FileResult(table=cols.table())
         for i, rec in enumerate(ds, start=1):
-            n += 1
-            bad = validate_record(rec)
+            res.records_read += 1
+            # `datasets` gives every row every column, None where a record lacked the key.
+            rec, bad, fixed = check_record(rec)
             if bad:
-                rejected += 1
+                res.rejected += 1
                 problems.extend((rel, i, f, m, excerpt(json.dumps(rec, ensure_ascii=False, default=str)))
                                 for f, m in bad)
-            else:
-                cols.add(i, rec)
+                continue
+            if fixed:
+                res.note(i, fixed)
+            cols.add(i, rec)
         body = cols.table()
         fr = pl.from_arrow(_with_provenance(body, [rel], [kw["name"]], [body.num_rows]))
         assert isinstance(fr, pl.DataFrame)
         frames.append(fr)
-        files.append((rel, kw["name"], "ok", 0, n, fr.height, rejected, getattr(ds, "_fingerprint", "") or ""))
+        notes.extend(_note_rows(rel, res))
+        files.append((rel, kw["name"], "ok", 0, res.records_read, fr.height, res.rejected, res.normalized,
+                      getattr(ds, "_fingerprint", "") or ""))
     frame = pl.concat(frames) if frames else _empty(SCHEMA)
     prob = pl.DataFrame(problems, schema=PROBLEM_SCHEMA, orient="row") if problems else _empty(PROBLEM_SCHEMA)
+    ndf = pl.DataFrame(notes, schema=NOTE_SCHEMA, orient="row") if notes else _empty(NOTE_SCHEMA)
     return LoadResult(frame, prob, pl.DataFrame(files, schema=FILE_SCHEMA, orient="row"),
-                              source=f"hub:{config.hub_repo}")
+                      source=f"hub:{config.hub_repo}", notes=ndf)
 
 
 def load(config: LoadConfig | None = None, **overrides: Any) -> LoadResult:

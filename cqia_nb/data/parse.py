@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from cqia_nb.core.jsonl import compressed_bytes_hint
 from cqia_nb.data.schema import ARROW_TYPES, LFS_PREFIX, RECORD_FIELDS, SCHEMA
 
 _TYPE_NAMES = {str: "string", bool: "boolean", int: "integer", float: "number", list: "list",
@@ -24,19 +25,45 @@ def _str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
-def validate_record(rec: Any) -> list[tuple[str, str]]:
-    """Problems of one parsed record as (field, message) pairs; empty when it is valid."""
+#: What a missing or null optional field is loaded as (counted as a normalisation, never silent).
+EMPTY_VALUES: dict[str, Any] = {"input": "", "task_type": {"major": [], "minor": []}, "domain": [],
+                                "metadata": "", "answer_from": "", "human_verified": False, "copyright": ""}
+#: Fields without which a record is rejected: the text it is about.
+REQUIRED_TEXT = ("instruction", "output")
+
+
+def _empty(name: str) -> Any:
+    v = EMPTY_VALUES[name]
+    return {k: list(x) for k, x in v.items()} if isinstance(v, dict) else (list(v) if isinstance(v, list) else v)
+
+
+def check_record(rec: Any) -> tuple[Any, list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(record, problems, normalised)`` for one parsed record.
+
+    ``problems`` are (field, message) pairs: the record is rejected when there are any. Only a record
+    without usable instruction or output text (missing, null, not a string) or with a field of the
+    wrong type is rejected. A missing or null optional field (``input``, ``task_type`` and its
+    ``major``/``minor``, ``domain``, ``metadata``, ``answer_from``, ``human_verified``,
+    ``copyright``) is loaded as its empty value (``EMPTY_VALUES``) and listed in ``normalised`` as
+    (field, "missing" | "null"); ``record`` is then a filled copy.
+    """
     if not isinstance(rec, dict):
-        return [("-", f"expected a JSON object per line, got {_tname(rec)}: "
-                      "write one record object per line")]
+        return rec, [("-", f"expected a JSON object per line, got {_tname(rec)}: "
+                           "write one record object per line")], []
     out: list[tuple[str, str]] = []
+    fixed: list[tuple[str, str]] = []
+    filled: dict[str, Any] = {}
     for name, kind in RECORD_FIELDS.items():
-        if name not in rec:
-            hint = {"str": '""', "list[str]": "[]", "bool": "false",
-                    "task_type": '{"major": [], "minor": []}'}[kind]
-            out.append((name, f"missing required field: add it ({hint} when unknown)"))
+        v = rec.get(name)
+        if v is None:
+            how = "missing" if name not in rec else "null"
+            if name in REQUIRED_TEXT:
+                out.append((name, f"no {name} text ({how}): a record needs its instruction and output; "
+                                  "fix or remove this line"))
+            else:
+                fixed.append((name, how))
+                filled[name] = _empty(name)
             continue
-        v = rec[name]
         if kind == "str":
             if not isinstance(v, str):
                 out.append((name, f"expected a string, got {_tname(v)} {_short(v)}"))
@@ -50,13 +77,32 @@ def validate_record(rec: Any) -> list[tuple[str, str]]:
             if not isinstance(v, dict):
                 out.append((name, f'expected an object {{"major": [...], "minor": [...]}}, '
                                   f"got {_tname(v)} {_short(v)}"))
-            else:
-                for sub in ("major", "minor"):
-                    if sub not in v:
-                        out.append((f"{name}.{sub}", "missing: add a list of strings ([] when unknown)"))
-                    elif not _str_list(v[sub]):
-                        out.append((f"{name}.{sub}", f"expected a list of strings, got {_short(v[sub])}"))
-    return out
+                continue
+            tt = None
+            for sub in ("major", "minor"):
+                x = v.get(sub)
+                if x is None:
+                    fixed.append((f"{name}.{sub}", "missing" if sub not in v else "null"))
+                    tt = tt if tt is not None else dict(v)
+                    tt[sub] = []
+                elif not _str_list(x):
+                    out.append((f"{name}.{sub}", f"expected a list of strings, got {_short(x)}"))
+            if tt is not None:
+                filled[name] = tt
+    if filled and not out:
+        rec = {**rec, **filled}
+    return rec, out, fixed
+
+
+def validate_record(rec: Any) -> list[tuple[str, str]]:
+    """Problems of one parsed record as (field, message) pairs; empty when it loads (see ``check_record``)."""
+    return check_record(rec)[1]
+
+
+def empty_value_text(field: str) -> str:
+    """How a normalised field is loaded, for messages: ``""``, ``[]``, ``false``, ..."""
+    v = EMPTY_VALUES.get(field.split(".")[0])
+    return "[]" if "." in field else json.dumps(v, ensure_ascii=False)
 
 
 def _short(v: Any, n: int = 40) -> str:
@@ -122,6 +168,17 @@ class FileResult:
     status: str = "ok"
     records_read: int = 0
     rejected: int = 0
+    normalized: int = 0  # records loaded with missing/null optional fields filled
+    notes: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (field, how) -> [records, first line]
+
+    def note(self, line: int, fixed: list[tuple[str, str]]) -> None:
+        self.normalized += 1
+        for key in fixed:
+            hit = self.notes.get(key)
+            if hit is None:
+                self.notes[key] = [1, line]
+            else:
+                hit[0] += 1
 
 
 def _is_json_array_file(raw: bytes) -> bool:
@@ -151,6 +208,11 @@ def parse_jsonl_bytes(raw: bytes) -> FileResult:
     if not raw.strip():
         res.status = "empty"
         res.problems.append((1, "-", "empty file: it holds no records; remove it or download it again", ""))
+        return res
+    compressed = compressed_bytes_hint(raw)
+    if compressed:
+        res.status = "compressed"
+        res.problems.append((1, "-", compressed, ""))
         return res
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 BOM is harmless: accept it
@@ -183,12 +245,14 @@ def parse_jsonl_bytes(raw: bytes) -> FileResult:
                                      excerpt(line)))
             res.rejected += 1
             continue
-        bad = validate_record(rec)
+        rec, bad, fixed = check_record(rec)
         if bad:
             res.rejected += 1
             for fname, msg in bad:
                 res.problems.append((lineno, fname, msg, excerpt(line)))
             continue
+        if fixed:
+            res.note(lineno, fixed)
         cols.add(lineno, rec)
     res.table = cols.table()
     return res

@@ -47,10 +47,15 @@ PROBLEM_SCHEMA: dict[str, pl.DataType] = {
 }
 FILE_SCHEMA: dict[str, pl.DataType] = {
     "file": pl.String, "config": pl.String, "status": pl.String, "bytes": pl.Int64,
-    "records_read": pl.Int64, "loaded": pl.Int64, "rejected": pl.Int64, "sha256": pl.String,
+    "records_read": pl.Int64, "loaded": pl.Int64, "rejected": pl.Int64, "normalized": pl.Int64,
+    "sha256": pl.String,
+}
+#: Normalisations (missing or null optional fields loaded as empty values), one row per file and field.
+NOTE_SCHEMA: dict[str, pl.DataType] = {
+    "file": pl.String, "field": pl.String, "records": pl.Int64, "first_line": pl.Int64, "message": pl.String,
 }
 # Bump when parsing or validation changes so stale caches are never reused.
-PARSER_VERSION = "3"
+PARSER_VERSION = "4"
 LFS_PREFIX = b"version https://git-lfs.github.com/spec/"
 DATA_SUFFIXES = (".jsonl", ".json")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 
+from cqia_nb.core.atomic import staged_files
 from cqia_nb.data.schema import SCHEMA
 from cqia_nb.filter.framework import AUDIT_COLUMNS, PipelineResult
 
@@ -47,28 +48,32 @@ def to_cqia_jsonl(frame: pl.DataFrame, audit: bool = False) -> pl.Series:
 
 def write_outputs(result: PipelineResult, out_dir: str | Path) -> dict[str, Path]:
     """Write kept/dropped as Parquet and JSON Lines (COIG-CQIA layout; dropped lines carry
-    record_id, step, step_name, filter, value, detail) and the per-step table ``steps.csv``."""
+    record_id, step, step_name, filter, value, detail) and the per-step table ``steps.csv``.
+
+    All files are written to a staging folder inside ``out_dir`` first and renamed into place only
+    when every one was written, so a failure (a full disk, say) leaves the previous outputs as they
+    were; other files in ``out_dir`` are left alone. An ``out_dir`` that cannot be written raises
+    :class:`cqia_nb.core.atomic.OutputError` ("cannot write ...: why; what to do")."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {n: out / n for n in OUTPUT_FILES}
-    result.kept.write_parquet(paths["kept.parquet"])
-    result.dropped.write_parquet(paths["dropped.parquet"])
-    for name, frame, audit in (("kept.jsonl", result.kept, False), ("dropped.jsonl", result.dropped, True)):
-        lines = to_cqia_jsonl(frame, audit=audit)
-        with open(paths[name], "w", encoding="utf-8", newline="\n") as f:
-            for chunk in lines.to_list() if lines.len() else ():
-                f.write(chunk)
-                f.write("\n")
-    result.steps.write_csv(paths["steps.csv"])
-    if result.config is not None:
-        spec = {"name": result.config.name,
-                "steps": [{"filter": s.filter, **({"label": s.label} if s.label else {}), **s.params}
-                          for s in result.config.steps],
-                "summary": result.summary()}
-        (out / "pipeline.json").write_text(json.dumps(spec, ensure_ascii=False, indent=2, default=str) + "\n",
-                                           encoding="utf-8")
-        paths["pipeline.json"] = out / "pipeline.json"
-    return paths
+    names = list(OUTPUT_FILES) + (["pipeline.json"] if result.config is not None else [])
+    with staged_files(out) as tmp:
+        result.kept.write_parquet(tmp / "kept.parquet")
+        result.dropped.write_parquet(tmp / "dropped.parquet")
+        for name, frame, audit in (("kept.jsonl", result.kept, False), ("dropped.jsonl", result.dropped, True)):
+            lines = to_cqia_jsonl(frame, audit=audit)
+            with open(tmp / name, "w", encoding="utf-8", newline="\n") as f:
+                for chunk in lines.to_list() if lines.len() else ():
+                    f.write(chunk)
+                    f.write("\n")
+        result.steps.write_csv(tmp / "steps.csv")
+        if result.config is not None:
+            spec = {"name": result.config.name,
+                    "steps": [{"filter": s.filter, **({"label": s.label} if s.label else {}), **s.params}
+                              for s in result.config.steps],
+                    "summary": result.summary()}
+            (tmp / "pipeline.json").write_text(json.dumps(spec, ensure_ascii=False, indent=2, default=str) + "\n",
+                                               encoding="utf-8")
+    return {n: out / n for n in names}
 
 
 def read_kept(out_dir: str | Path) -> pl.DataFrame:

@@ -40,7 +40,6 @@ from cqia_nb.models.store import (  # noqa: F401
     MODEL_VERSION,
     is_complete,
     models_dir,
-    publish,
     quiet_transformers,
     save_model,
 )

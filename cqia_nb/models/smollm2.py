@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from cqia_nb.core.hashing import content_key
 from cqia_nb.models.loading import load_causal_lm, quiet_transformers
-from cqia_nb.models.store import MARKER, MODEL_VERSION, is_complete, models_dir, publish
+from cqia_nb.models.store import MARKER, MODEL_VERSION, is_complete, models_dir, save_model
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -77,15 +76,8 @@ def smollm2_folder(gguf: str | Path | None = None, out_dir: str | Path | None = 
     del q
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    with quiet_transformers():
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps({"key": key, "kind": "smollm2", "version": MODEL_VERSION,
-                                           "gguf": str(src)}, indent=1), encoding="utf-8")
-    publish(tmp, final)
-    return final
+    return save_model(model, tok, final, {"key": key, "kind": "smollm2", "version": MODEL_VERSION,
+                                          "gguf": str(src)})
 
 
 def smollm2_cached() -> Path | None:

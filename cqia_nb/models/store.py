@@ -1,16 +1,15 @@
 """Model folders built or converted here: named by a content hash, written to a temporary folder and
-published whole (a marker file written last), so a folder is either complete or rebuilt."""
+published whole (``core.atomic.staged_folder``; a marker file written last), so a folder is either
+complete or rebuilt."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from cqia_nb.core.atomic import staged_folder
 from cqia_nb.core.paths import cache_dir
 
 #: Bump when the build or training recipe changes so stale cached folders are never reused.
@@ -34,28 +33,14 @@ def is_complete(folder: Path, key: str) -> bool:
         return False
 
 
-def publish(tmp: Path, final: Path) -> None:
-    """Move a finished build into place; a concurrent identical build may have won the race."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        shutil.rmtree(final, ignore_errors=True)
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not (final / MARKER).is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def save_model(model, tokenizer, final: Path, marker: dict[str, Any]) -> Path:
-    """Save model (safetensors) + tokenizer + our marker into a temp folder, then publish it."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
-    with quiet_transformers():
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
-    publish(tmp, final)
+    """Save model (safetensors) + tokenizer + our marker into a temporary folder beside ``final``,
+    then publish it whole (``core.atomic.staged_folder``; a concurrent identical build there is replaced)."""
+    with staged_folder(final) as tmp:
+        with quiet_transformers():
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        (tmp / MARKER).write_text(json.dumps(marker, indent=1), encoding="utf-8")
     return final
 
 

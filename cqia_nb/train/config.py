@@ -33,6 +33,7 @@ CONFIG_FILE = "train_config.yaml"
 RENAMED = {"epochs": "num_train_epochs", "gradient_accumulation": "gradient_accumulation_steps",
            "lr_scheduler": "lr_scheduler_type", "per_device_batch_size": "per_device_train_batch_size",
            "warmup_ratio": "warmup_steps"}
+DATA_ISSUES_FILE = "data_issues.jsonl"  # every dropped or truncated training row, with its reason
 
 
 class TrainConfigError(ValueError):
@@ -90,6 +91,7 @@ class TrainConfig:
     val_data: str | None = None            # a separate validation file/folder (e.g. notebook 03's validation split)
     val_fraction: float = 0.0              # else: this share of ``data`` is held out
     max_records: int | None = None         # first N records (after the seeded shuffle)
+    policy: str = "collect"                # collect: drop/truncate and report each row; strict: stop at the first
     system_prompt: str | None = None
     # runtime
     torch_threads: int | None = None       # torch.set_num_threads; None leaves torch's default
@@ -232,6 +234,9 @@ class TrainConfig:
             if importlib.util.find_spec("deepspeed") is None:
                 bad("deepspeed", "is set but the deepspeed package is not installed (pip install deepspeed; "
                                  "launch with `accelerate launch` or `deepspeed` on the GPUs)")
+        if self.policy not in ("collect", "strict"):
+            bad("policy", f"must be collect (report dropped and truncated rows) or strict (stop at the first), "
+                          f"got {self.policy!r}")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             bad("system_prompt", f"must be a string or null, got {self.system_prompt!r}")
 

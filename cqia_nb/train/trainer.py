@@ -56,27 +56,38 @@ CLI: ``python -m cqia_nb.train --config recipes/train-cpu-tiny.yaml [--set key=v
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from cqia_nb.core.distributed import current_shard, main_first
+from cqia_nb.core.atomic import check_writable, os_errno, output_error, staged_files, write_text
+from cqia_nb.core.distributed import Shard, current_shard, main_first
 from cqia_nb.core.generation import generate_batch
 from cqia_nb.models.loading import is_adapter, load_for_inference, quiet_transformers, torch_dtype
 from cqia_nb.models.smollm2 import smollm2_folder
 from cqia_nb.train.config import (
     CONFIG_FILE,
+    DATA_ISSUES_FILE,
     METRICS_FILE,
     TrainConfig,
     TrainConfigError,
     cuda_available,
     runtime_problems,
 )
-from cqia_nb.train.data import build_datasets, load_conversations, load_tokenizer, tiny_base_model
+from cqia_nb.train.data import (
+    TrainDataReport,
+    build_datasets,
+    data_report,
+    load_conversations,
+    load_tokenizer,
+    tiny_base_model,
+)
 
 
 def load_model(config: TrainConfig, model_dir: str | Path):
@@ -190,14 +201,32 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
             n = int(d.name.split("-", 1)[1])
         except ValueError:
             continue
-        if (d / "trainer_state.json").is_file() and any(d.glob("*.safetensors")):
-            try:
-                json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
-            except ValueError:
-                continue
-            if best is None or n > best[0]:
-                best = (n, d)
+        if _checkpoint_complete(d) and (best is None or n > best[0]):
+            best = (n, d)
     return best[1] if best else None
+
+
+def _checkpoint_complete(d: Path) -> bool:
+    if not ((d / "trainer_state.json").is_file() and any(d.glob("*.safetensors"))):
+        return False
+    try:
+        json.loads((d / "trainer_state.json").read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    return True
+
+
+# Errors of a disk that stopped taking writes. Others (EACCES, ...) may come from reading a checkpoint
+# and keep their own message.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
+
+
+def _remove_incomplete_checkpoints(out: Path, before: set[str]) -> None:
+    """Delete the checkpoint folders this run began but did not finish (a full disk mid-save), so no
+    half-written checkpoint is left; complete ones stay for ``resume``."""
+    for d in out.glob("checkpoint-*") if out.is_dir() else ():
+        if d.name not in before and d.is_dir() and not _checkpoint_complete(d):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 @dataclass
@@ -212,6 +241,7 @@ class TrainResult:
     resumed_from: Path | None = None   # the checkpoint this run continued from
     interrupted: bool = False          # stopped by ``stop_after``: a checkpoint, no final model yet
     is_main: bool = True               # several processes: the one that wrote the files (rank 0)
+    data: TrainDataReport | None = None  # rows read = used + dropped, and every dropped/truncated row
 
     @property
     def tokens_per_s(self) -> float:
@@ -322,12 +352,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
     ckpt = last_checkpoint(out) if resume else None
     if resume and ckpt is None and read_metrics(out):
         print(f"resume: no complete checkpoint in {out}; starting over", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)  # an output folder that cannot be written fails now, not after the data is read
     metrics_path = out / METRICS_FILE
     if shard.is_main and ckpt is not None:  # cut the logged curve back to the checkpoint so it continues exactly
         step = int(json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))["global_step"])
         keep = [m for m in read_metrics(out) if m.get("step", 0) <= step]
-        metrics_path.write_text("".join(json.dumps(m, ensure_ascii=False) + "\n" for m in keep), encoding="utf-8")
+        write_text(metrics_path, "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in keep))
     elif shard.is_main and metrics_path.exists():
         metrics_path.unlink()
 
@@ -339,13 +369,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
             base = resolve_base_model(config, convs)
         tok = load_tokenizer(base, config.chat_template)
     train_ds, val_ds = build_datasets(config, tok, convs, val_convs)
+    report = data_report(config, convs, val_convs)
     set_seed(config.seed)
     model = load_model(config, base)
     import yaml
 
     if shard.is_main:
-        (out / CONFIG_FILE).write_text(yaml.safe_dump({**config.to_dict(), "resolved_base_model": str(base)},
-                                                      allow_unicode=True, sort_keys=False), encoding="utf-8")
+        write_text(out / CONFIG_FILE, yaml.safe_dump({**config.to_dict(), "resolved_base_model": str(base)},
+                                                     allow_unicode=True, sort_keys=False))
+        write_text(out / DATA_ISSUES_FILE, report.jsonl())
     trainer = Trainer(model=model, args=_training_args(config, val_ds is not None), train_dataset=train_ds,
                       eval_dataset=val_ds, data_collator=_collator(config, tok), processing_class=tok)
     trainer.remove_callback(PrinterCallback)
@@ -372,19 +404,40 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = False, *,
         # transformers 5.24 warns about its own deprecated alias inside Trainer; keep stderr stable
         warnings.filterwarnings("ignore", message=".*_checkpointing.* is deprecated and will be removed in v6.*",
                                 category=FutureWarning)
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+        before = {d.name for d in out.glob("checkpoint-*")} if out.is_dir() else set()
+        try:
+            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+        except Exception as e:  # Trainer's checkpoint writers (torch, safetensors) wrap OS errors their own way
+            if os_errno(e) not in _DISK_ERRNOS:
+                raise
+            _remove_incomplete_checkpoints(out, before)
+            raise output_error(out, e) from e
         secs = time.perf_counter() - t0
         step = int(trainer.state.global_step)
         interrupted = stop_after is not None and step < trainer.state.max_steps
         if not interrupted:
             getattr(model, "get_base_model", lambda: model)().config.use_cache = True  # saved for inference
-            trainer.save_model(str(out))  # full: model.safetensors; lora/qlora: adapter_model.safetensors
-            if shard.is_main:
-                tok.save_pretrained(str(out))
+            _save_final(trainer, tok, out, shard)
     return TrainResult(output_dir=out, model_dir=out, base_model_dir=Path(str(base)),
                        global_step=step, metrics=read_metrics(out),
                        train_tokens=int(trainer.state.num_input_tokens_seen or 0) - tokens0, train_seconds=secs,
-                       resumed_from=ckpt, interrupted=interrupted, is_main=shard.is_main)
+                       resumed_from=ckpt, interrupted=interrupted, data=report, is_main=shard.is_main)
+
+
+def _save_final(trainer, tok, out: Path, shard: Shard) -> None:
+    """The final model (full: model.safetensors; lora/qlora: adapter_model.safetensors) and tokenizer,
+    written to a staging folder inside ``out`` and renamed into place only when all were written.
+
+    Several processes: ``save_model`` must run in all of them (FSDP and ZeRO-3 gather the weights
+    there) and writes from rank 0 only, straight into ``out``; the tokenizer is rank 0's too."""
+    if shard.world > 1:
+        trainer.save_model(str(out))
+        if shard.is_main:
+            tok.save_pretrained(str(out))
+        return
+    with staged_files(out) as tmp:
+        trainer.save_model(str(tmp))
+        tok.save_pretrained(str(tmp))
 
 
 def merge_adapter(output_dir: str | Path, out_dir: str | Path | None = None, dtype: str = "float32") -> Path:

@@ -11,6 +11,7 @@ reaches an ``ipywidgets.HTML`` (which sets ``innerHTML``, so ``<img onerror=...>
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import ipywidgets as w
 import polars as pl
 
+from cqia_nb.core.jsonl import data_name, decompress, json_object
 from cqia_nb.data.load import LoadConfig, load
 from cqia_nb.data.schema import LFS_PREFIX
 from cqia_nb.ui.common import (
@@ -555,19 +557,44 @@ class DatasetBrowser(Displayable):
 
 _SUPPORTED = ("polars DataFrame or LazyFrame, pandas DataFrame, datasets.Dataset, "
               "datasets.DatasetDict (with split=), list of dicts, or a path to a "
-              ".parquet, .jsonl/.json (JSON Lines) or .csv file")
+              ".parquet, .jsonl/.json (JSON Lines; also .jsonl.gz, .jsonl.zst) or .csv file, or a "
+              "datasets save_to_disk folder")
+
+
+#: Files ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` write at a folder's top.
+SAVED_DATASET_FILES = ("dataset_dict.json", "state.json")
+
+
+def _load_from_disk(path: Path) -> Any:
+    """A folder written by ``save_to_disk`` (a Dataset or a DatasetDict), opened with ``datasets``."""
+    if not any((path / n).is_file() for n in SAVED_DATASET_FILES):
+        raise ValueError(f"{path} is a folder but not a saved Hugging Face dataset (no dataset_dict.json or "
+                         "state.json): pass one of its files, or a folder written by save_to_disk")
+    import datasets
+
+    return datasets.load_from_disk(str(path))
 
 
 def _read_jsonl(path: Path) -> pl.DataFrame:
     with path.open("rb") as fh:
         if fh.read(len(LFS_PREFIX)) == LFS_PREFIX:
             raise ValueError(f"{path} is a Git LFS pointer, not data: run `git lfs pull` in its repository")
+    raw = decompress(path.read_bytes(), path)
+    first = next((l for l in raw.split(b"\n") if l.strip()), b"")
+    head, _ = json_object(first)
+    if head is not None and _FRAME_ONLY_KEYS & set(head):
+        # A frame written with write_ndjson (our schema's columns, audit columns): not raw CQIA records.
+        return pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
     frame = load(LoadConfig(source=str(path))).frame
-    if frame.height == 0 and path.stat().st_size > 0:
-        # Not raw CQIA records (e.g. a frame written with write_ndjson): the loader rejected
-        # every line, which it has already warned about; show the file as it is instead.
-        return pl.read_ndjson(path, infer_schema_length=None)
+    if frame.height == 0 and raw.strip():
+        # Not CQIA records at all: the loader rejected every line, which it has already warned
+        # about; show the file as it is instead.
+        return pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
     return frame
+
+
+#: Keys of our frames that raw CQIA records never have.
+_FRAME_ONLY_KEYS = {"record_id", "source_file", "task_type_major", "task_type_minor"}
 
 
 def _unpack_task_type(frame: pl.DataFrame) -> pl.DataFrame:
@@ -592,9 +619,11 @@ def _to_frame_as_is(obj: Any, split: str) -> pl.DataFrame:
         return obj.collect()
     if isinstance(obj, (str, Path)):
         path = Path(obj).expanduser()
+        if path.is_dir():
+            return _to_frame_as_is(_load_from_disk(path), split)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        suffix = path.suffix.lower()
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        suffix = Path(data_name(path)).suffix.lower()
         if suffix == ".parquet":
             return pl.read_parquet(path)
         if suffix == ".jsonl":

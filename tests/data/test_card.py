@@ -43,8 +43,8 @@ def _files(rows):
 def test_compare_explains_each_kind_of_difference():
     cardt = pl.DataFrame([("g", "A", 2, "", ""), ("g", "B", 5, "", ""), ("g", "C", 7, "", ""),
                           ("g", "D", 4, "", ""), ("g", "E", 1, "", "")], schema=card.CARD_SCHEMA, orient="row")
-    files = _files([("a/x.jsonl", "a", "ok", 1, 2, 2, 0, ""), ("b/x.jsonl", "b", "ok", 1, 3, 3, 0, ""),
-                    ("c/x.jsonl", "c", "lfs-pointer", 1, 0, 0, 0, ""), ("r/x.jsonl", "r", "ok", 1, 9, 9, 0, "")])
+    files = _files([("a/x.jsonl", "a", "ok", 1, 2, 2, 0, 0, ""), ("b/x.jsonl", "b", "ok", 1, 3, 3, 0, 0, ""),
+                    ("c/x.jsonl", "c", "lfs-pointer", 1, 0, 0, 0, 0, ""), ("r/x.jsonl", "r", "ok", 1, 9, 9, 0, 0, "")])
     mapping = {"A": ["a/*"], "B": ["b/x.jsonl", "b/gone.jsonl"], "C": ["c/x.jsonl"], "D": ["d/x.jsonl"]}
     out = {r["category"]: r for r in card.compare_with_card(cardt, files, mapping).iter_rows(named=True)}
     assert out["A"]["explanation"] == "matches"

@@ -79,8 +79,8 @@ def test_crafted_bad_files_are_reported_with_file_line_field(tmp_path, cache):
     assert "expected true or false, got string" in p[("zhihu/types.jsonl", 2, "human_verified")]
     assert "expected a list of strings" in p[("zhihu/types.jsonl", 3, "domain")]
     assert "expected a list of strings" in p[("zhihu/types.jsonl", 4, "task_type.major")]
-    assert "missing: add" in p[("zhihu/types.jsonl", 4, "task_type.minor")]
-    assert "missing required field" in p[("zhihu/missing.jsonl", 1, "output")]
+    assert ("zhihu/types.jsonl", 4, "task_type.minor") not in p  # missing is normalised; major's type is not
+    assert "no output text (missing)" in p[("zhihu/missing.jsonl", 1, "output")]
     gbk = p[("zhihu/gbk.jsonl", 2, "-")]
     assert "not UTF-8" in gbk and "GB18030" in gbk and "iconv" in gbk
     assert "JSON array, not JSON Lines" in p[("zhihu/array.jsonl", 1, "-")]
@@ -185,6 +185,76 @@ def test_single_file_source(tmp_path, cache):
     assert res.frame["record_id"].to_list() == ["r.jsonl:1", "r.jsonl:2"]
 
 
+def test_null_or_missing_optional_fields_load_as_empty_values_and_are_counted(tmp_path, cache):
+    bare = {"instruction": "问题", "output": "回答"}  # what a user writes by hand: only the text
+    root = layout(tmp_path, {"zhihu/a.jsonl": jsonl([
+        make_record(input=None),
+        bare,
+        make_record(task_type=None, domain=None, human_verified=None),
+        make_record(task_type={"major": None}),
+        make_record(output=None),                       # no output text: rejected
+        {k: v for k, v in make_record().items() if k != "instruction"},  # no instruction: rejected
+        make_record(),
+    ])})
+    res = quiet_load(source=str(root), cache_dir=cache)
+    assert res.n_loaded == 5 and res.n_rejected == 2 and res.reconciles()
+    assert res.n_normalized == 4 and res.files["normalized"].to_list() == [4]
+    rows = res.frame.sort("line").to_dicts()
+    assert rows[0]["input"] == "" and rows[1]["task_type_major"] == [] and rows[1]["metadata"] == ""
+    assert rows[1]["human_verified"] is False and rows[1]["answer_from"] == "" and rows[1]["extra"] == ""
+    assert rows[2]["domain"] == [] and rows[2]["task_type_minor"] == [] and rows[3]["task_type_minor"] == []
+    notes = {(r["field"], r["message"]): (r["records"], r["first_line"]) for r in res.notes.iter_rows(named=True)}
+    assert notes[("input", 'null: loaded as ""')] == (1, 1)
+    assert notes[("input", 'missing: loaded as ""')] == (1, 2)
+    assert notes[("task_type", 'null: loaded as {"major": [], "minor": []}')] == (1, 3)
+    assert notes[("task_type.minor", "missing: loaded as []")] == (1, 4)
+    assert notes[("human_verified", "missing: loaded as false")] == (1, 2)
+    p = {(r["line"], r["field"]): r["message"] for r in res.problems.iter_rows(named=True)}
+    assert p == {(5, "output"): "no output text (null): a record needs its instruction and output; fix or remove this line",
+                 (6, "instruction"): "no instruction text (missing): a record needs its instruction and output; "
+                                     "fix or remove this line"}
+    assert "4 normalised" in res.summary()
+    assert data.format_notes(res.notes).splitlines()[0] == 'zhihu/a.jsonl: input: null: loaded as "" in 1 record(s) (first at line 1)'
+    again = quiet_load(source=str(root), cache_dir=cache)  # the notes come back from the cache too
+    assert again.from_cache and again.notes.equals(res.notes) and again.n_normalized == 4
+    # Wrong types are still rejected: only null/missing is normalised.
+    assert data.validate_record(make_record(input=3)) == [("input", "expected a string, got integer 3")]
+
+
+def test_gzip_and_zstd_files_are_read_and_gzip_bytes_are_named(tmp_path, cache):
+    import gzip
+
+    recs = [make_record(instruction="压缩的问题")]
+    files = {"zhihu/a.jsonl.gz": gzip.compress(jsonl(recs)), "zhihu/plain.jsonl": jsonl(recs),
+             "zhihu/wrong.jsonl": gzip.compress(jsonl(recs)), "zhihu/bad.jsonl.gz": b"\x1f\x8bnot gzip"}
+    try:
+        import zstandard
+    except ImportError:
+        zstandard = None
+    files["zhihu/z.jsonl.zst"] = (zstandard.ZstdCompressor().compress(jsonl(recs)) if zstandard
+                                  else b"\x28\xb5\x2f\xfd")
+    root = layout(tmp_path, files)
+    res = quiet_load(source=str(root), cache_dir=cache)
+    p = {r["file"]: r["message"] for r in res.problems.iter_rows(named=True)}
+    assert p["zhihu/wrong.jsonl"] == ("gzip-compressed bytes (magic 1f 8b): name the file .jsonl.gz or "
+                                      "decompress it")
+    assert p["zhihu/bad.jsonl.gz"].startswith("not valid gzip data")
+    loaded = set(res.frame["source_file"])
+    assert {"zhihu/a.jsonl.gz", "zhihu/plain.jsonl"} <= loaded
+    if zstandard is not None:
+        assert "zhihu/z.jsonl.zst" in loaded
+    else:
+        assert "needs the zstandard package" in p["zhihu/z.jsonl.zst"]
+    assert res.frame.filter(pl.col("source_file") == "zhihu/a.jsonl.gz")["instruction"].to_list() == ["压缩的问题"]
+    status = dict(res.files.select("file", "status").iter_rows())
+    assert status["zhihu/wrong.jsonl"] == "compressed" and status["zhihu/bad.jsonl.gz"] == "unreadable"
+    assert res.reconciles()
+    # A top-level compressed file is a config of its own (without a card), and a file on its own loads.
+    solo = layout(tmp_path / "solo", {"xhs.jsonl.gz": gzip.compress(jsonl(recs))})
+    assert data.discover_files(solo) == [("xhs", solo / "xhs.jsonl.gz")]
+    assert load(LoadConfig(source=str(solo / "xhs.jsonl.gz"), cache_dir=cache)).n_loaded == 1
+
+
 # ----------------------------------------------------------------------------- cache
 
 def test_cache_hit_miss_and_damage(tmp_path, cache):
@@ -206,6 +276,23 @@ def test_cache_hit_miss_and_damage(tmp_path, cache):
         p.write_bytes(b"garbage")
     fourth = load(LoadConfig(source=str(root), cache_dir=cache))
     assert fourth.frame["output"][0] == "新的回答"
+
+
+def test_changed_bytes_with_restored_size_and_mtime_are_not_served_stale(tmp_path, cache):
+    # A file rewritten in place (same size) whose mtime is then put back (cp -p, rsync -t, os.utime):
+    # size and mtime match the stat index, inode and ctime do not.
+    root = layout(tmp_path, {"zhihu/a.jsonl": jsonl([make_record(output="旧的回答")])})
+    f = root / "zhihu" / "a.jsonl"
+    first = load(LoadConfig(source=str(root), cache_dir=cache))
+    st = f.stat()
+    new = jsonl([make_record(output="新的回答")])
+    assert len(new) == st.st_size
+    f.write_bytes(new)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    second = load(LoadConfig(source=str(root), cache_dir=cache))
+    assert first.frame["output"][0] == "旧的回答" and second.frame["output"][0] == "新的回答"
+    assert not second.from_cache
 
 
 def test_strict_policy_applies_to_cached_loads(tmp_path, cache):
@@ -237,6 +324,21 @@ def test_hub_arguments_and_validation(monkeypatch):
     assert res.n_loaded == 2 and res.n_rejected == 2 and res.reconciles()
     assert res.problems["file"][0] == "hub:m-a-p/COIG-CQIA/ruozhiba" and res.problems["line"][0] == 2
     assert res.frame["config"].to_list() == ["ruozhiba", "xhs"]
+
+
+def test_hub_rows_with_none_for_missing_keys_load_normalised(monkeypatch):
+    import datasets
+
+    # `datasets` gives every row every column of the config, None where a record lacked the key.
+    row = {**make_record(), "input": None, "domain": None, "metadata": None}
+    fake = FakeDatasets([row, make_record(), {**make_record(), "instruction": None}])
+    monkeypatch.setattr(datasets, "load_dataset", fake.load_dataset)
+    res = quiet_load(source="hub", configs=("ruozhiba",))
+    assert res.n_loaded == 2 and res.n_rejected == 1 and res.n_normalized == 1 and res.reconciles()
+    assert res.frame["input"][0] == "" and res.frame["domain"].to_list()[0] == [] and res.frame["metadata"][0] == ""
+    assert sorted(res.notes["field"]) == ["domain", "input", "metadata"]
+    assert set(res.notes["message"]) == {'null: loaded as ""', "null: loaded as []"}
+    assert res.problems["field"].to_list() == ["instruction"]
 
 
 def test_hub_rejects_unknown_config_and_wraps_errors(monkeypatch):

@@ -682,7 +682,7 @@ def test_train_cli_forms_build_the_same_config(monkeypatch, tmp_path, capsys):
 
     seen = []
     monkeypatch.setattr(tcli, "train", lambda cfg, **kw: seen.append(cfg) or types.SimpleNamespace(
-        losses=[1.0], output_dir=cfg.output_dir, global_step=0, tokens_per_s=0.0, is_main=True))
+        losses=[1.0], output_dir=cfg.output_dir, global_step=0, tokens_per_s=0.0, is_main=True, data=None))
     recipe = tmp_path / "r.yaml"
     recipe.write_text("method: lora\nlora_target_modules: [q_proj]\nsystem_prompt: hi\n", encoding="utf-8")
     sets = ["--set", "max_steps=3", "--set", "lora_target_modules=[q_proj, v_proj]", "--set", "warmup_steps=2"]
@@ -708,5 +708,68 @@ def test_cqia_nb_train_subcommand(tiny_data, tmp_path, capsys):
     sets = [f"data={tiny_data}", f"output_dir={tmp_path / 'cli'}", "max_steps=2", "eval_steps=null", "save_steps=null",
             "val_fraction=0", "tiny_pretrain_steps=0", "tiny_vocab_size=600", "max_length=64"]
     assert main(["train", "--config", str(recipe), *sum((["--set", s] for s in sets), [])]) == 0
-    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out.strip().splitlines()
+    line = json.loads(out[-1])
     assert line["global_step"] == 2 and (tmp_path / "cli" / "adapter_model.safetensors").is_file()
+    # the account: every row read is used or dropped; the chat template makes each of them longer than 64
+    assert out[0] == f"train data {tiny_data}: 24 read = 24 used + 0 dropped; 24 of the used truncated at max_length 64"
+    issues = [json.loads(l) for l in (tmp_path / "cli" / "data_issues.jsonl").read_text().splitlines()]
+    assert len(issues) == 24 and {i["action"] for i in issues} == {"truncated"}
+    assert out[-2] == f"(all 24 in {tmp_path / 'cli' / 'data_issues.jsonl'})"
+
+
+def test_full_disk_at_the_final_save_leaves_no_half_written_model(tiny_data, tmp_path, capsys, monkeypatch):
+    # ENOSPC simulated while the tokenizer is saved, after the model weights were written.
+    import errno
+
+    from transformers import PreTrainedTokenizerBase
+
+    from cqia_nb.cli import main
+
+    recipe = ROOT / "recipes" / "train-cpu-tiny.yaml"
+    out = tmp_path / "run"
+    save = PreTrainedTokenizerBase.save_pretrained
+
+    def full(self, folder, *a, **k):
+        if out not in Path(folder).parents:  # the tiny base model's cache folder (a cold cache) saves as usual
+            return save(self, folder, *a, **k)
+        (Path(folder) / "tokenizer.json").write_text("{half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full)
+    sets = [f"data={tiny_data}", f"output_dir={out}", "max_steps=1", "eval_steps=null", "save_steps=null",
+            "val_fraction=0", "tiny_pretrain_steps=0", "tiny_vocab_size=600", "max_length=64"]
+    assert main(["train", "--config", str(recipe), *sum((["--set", s] for s in sets), [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cqia-nb train: cannot write {out}: no space left on device; ") and "\n" not in err
+    names = sorted(p.name for p in out.iterdir())
+    assert "adapter_model.safetensors" not in names and "tokenizer.json" not in names
+    assert not [n for n in names if n.endswith(".tmp")], names
+
+
+def test_full_disk_in_a_checkpoint_removes_the_partial_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    # safetensors and torch raise their own types for an OS error ("... (os error 28)"), not OSError;
+    # the checkpoint folder begun before the disk filled goes, so no half-written checkpoint is resumed
+    from transformers import Trainer
+
+    from cqia_nb.cli import main
+
+    class SafetensorError(Exception):
+        pass
+
+    def full(self, model, trial):
+        d = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        d.mkdir(parents=True)
+        (d / "model.safetensors").write_bytes(b"\0" * 64)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", full)
+    recipe = ROOT / "recipes" / "train-cpu-tiny.yaml"
+    out = tmp_path / "run"
+    sets = [f"data={tiny_data}", f"output_dir={out}", "max_steps=1", "eval_steps=null", "save_steps=1",
+            "val_fraction=0", "tiny_pretrain_steps=0", "tiny_vocab_size=600", "max_length=64"]
+    assert main(["train", "--config", str(recipe), *sum((["--set", s] for s in sets), [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cqia-nb train: cannot write {out}: no space left on device; ") and "\n" not in err
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert not [n for n in names if n.startswith("checkpoint-") or ".safetensors" in n or n.endswith(".tmp")], names

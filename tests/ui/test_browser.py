@@ -489,6 +489,30 @@ def test_browse_datasets_dataset_and_dict(frame: pl.DataFrame) -> None:
         browse(dd, split="validation")
 
 
+def test_browse_save_to_disk_folders(frame: pl.DataFrame, tmp_path: Path) -> None:
+    # A Hugging Face dataset saved with save_to_disk is a folder; browse opens it (Dataset and DatasetDict).
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list(frame.select("record_id", "config", "instruction", "output", "domain").to_dicts())
+    ds.save_to_disk(str(tmp_path / "ds"))
+    b = browse(tmp_path / "ds")
+    assert b.frame["record_id"].to_list() == frame["record_id"].to_list()
+    datasets.DatasetDict({"train": ds, "validation": ds.select(range(2))}).save_to_disk(str(tmp_path / "dd"))
+    assert browse(str(tmp_path / "dd")).frame.height == frame.height
+    assert browse(tmp_path / "dd", split="validation").frame.height == 2
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ValueError, match="is a folder but not a saved Hugging Face dataset"):
+        browse(tmp_path / "plain")
+
+
+def test_browse_gzipped_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import gzip
+
+    monkeypatch.setenv("CQIA_CACHE_DIR", str(tmp_path / "cache"))
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in raw_records())
+    (tmp_path / "part.jsonl.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
+    assert browse(tmp_path / "part.jsonl.gz").frame["instruction"].to_list() == ["问题0", "问题1", "问题2"]
+
+
 def test_browse_list_of_dicts() -> None:
     b = browse([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": "d", "score": 1.5}])
     assert b.frame.height == 2 and "score" in b.frame.columns

@@ -301,15 +301,26 @@ def test_buttons_and_command_box(tmp_path):
     assert c["editor"].value == "更好的回答"         # an edited record shows its edit
 
 
-def test_unwritable_folder_is_a_message_in_the_widget(tmp_path):
-    if os.name != "posix" or os.geteuid() == 0:
-        pytest.skip("needs a non-root POSIX user to make a folder read-only")
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    q = ReviewQueue(make_frame(), folder / "log.jsonl")
-    folder.chmod(0o500)
-    try:
+def test_unwritable_folder_is_a_message_in_the_widget(unprivileged):
+    # Root writes into read-only folders, and tests run as root on CI: the queue runs as `nobody`.
+    folder = unprivileged.folder("ro")
+    frame = unprivileged.home / "frame.parquet"
+    make_frame().write_parquet(frame)
+    script = textwrap.dedent(f"""
+        import json, os
+        import polars as pl
+        from cqia_nb.ui.review import ReviewQueue
+        folder = {str(folder)!r}
+        q = ReviewQueue(pl.read_parquet({str(frame)!r}), os.path.join(folder, "log.jsonl"))
+        os.chmod(folder, 0o500)
+        writable = os.access(folder, os.W_OK)
         q.controls["keep"].click()
-        assert "not saved" in q.status_text and q.index == 0 and q.decisions == {}
-    finally:
-        folder.chmod(0o700)
+        print(json.dumps({{"writable": writable, "status": q.status_text, "index": q.index,
+                          "decisions": len(q.decisions), "files": os.listdir(folder)}}))
+    """)
+    r = unprivileged.run([sys.executable, "-c", script])
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["writable"] is False                      # the folder really is read-only for this user
+    assert "not saved" in out["status"] and out["index"] == 0 and out["decisions"] == 0
+    assert out["files"] == []                            # no temp file left behind
