@@ -318,11 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="tune one model per subset and seed on an equal token budget, evaluate each on "
                                      "every subset's held-out split and the benchmarks (resumable)")
-    p.add_argument("--config", required=True, metavar="RECIPE",
-                   help="a recipes/sweep-*.yaml file, or its name (cpu-tiny, cpu, gpu)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting (value parsed as YAML; dotted keys for nested ones, e.g. "
-                        "eval.judge=http://host/v1, profile=yi-6b-qlora); repeatable")
+    add_config_options(p, config_help="a sweep recipe, e.g. recipes/sweep-cpu-tiny.yaml, or its name (cpu-tiny, cpu, "
+                                      "gpu); --set profile=yi-6b-qlora runs it with a GPU recipe")
     p.add_argument("--out", metavar="DIR", help="the sweep's folder (default build/sweep/<name>); a rerun continues it")
     p.add_argument("--input", default="auto", metavar="INPUT",
                    help="'auto' (a `cqia-nb filter` output in --filter-dir, else filter --data-source here) or 'bundled'")

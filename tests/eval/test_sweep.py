@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY_RECIPE = ROOT / "recipes" / "sweep-cpu-tiny.yaml"
 #: a sweep of seconds: two small groups, two seeds, a tiny base and budget, one question per benchmark subject
 FAST = ["subsets=[group.nlp_tasks, group.human_value]", "seeds=[0, 1]", "budget_tokens=500", "base.steps=4",
-        "train={tiny_vocab_size: 600, tiny_hidden_size: 32, max_length: 96, per_device_batch_size: 4}",
+        "train={tiny_vocab_size: 600, tiny_hidden_size: 32, max_length: 96, per_device_train_batch_size: 4}",
         "eval.mc_limit=1", "eval.belle_limit=2", "eval.max_new_tokens=4", "eval.probes=1"]
 
 

@@ -4,7 +4,6 @@ the time and memory per run it states for each profile (:func:`expected_cost`)."
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import polars as pl
 
-from cqia_nb.core.overrides import AssignmentError, parse_assignments
+from cqia_nb.core.overrides import apply_overrides, config_from_mapping, read_yaml_mapping, unknown_keys_message
 from cqia_nb.core.paths import project_root
 from cqia_nb.train.config import TrainConfig
 from cqia_nb.train.session import profile
@@ -26,7 +25,7 @@ BASE_RUN = "base"
 SWEEP_VERSION = "1"
 
 #: The TrainConfig keys a sweep sets on every run (one place, should the names change).
-_RUN_KEYS = dict(epochs="epochs", max_steps="max_steps", data="data", val_data="val_data",
+_RUN_KEYS = dict(epochs="num_train_epochs", max_steps="max_steps", data="data", val_data="val_data",
                  val_fraction="val_fraction", eval_steps="eval_steps", eval_on_start="eval_on_start",
                  output_dir="output_dir", seed="seed", base_model="base_model")
 
@@ -99,53 +98,30 @@ class SweepConfig:
     # ---- construction
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None, where: str = "sweep") -> "SweepConfig":
+        """A checked config from a mapping: unknown keys (top level, ``base:``, ``eval:``) fail with
+        a "did you mean" hint, then :meth:`validate`."""
         d = dict(d or {})
-        kw: dict[str, Any] = {}
-        nested = {"base": BaseSettings, "eval": EvalSettings}
-        known = {f.name for f in dataclasses.fields(cls)} - {"path"}
-        _check_keys(d, known, where)
-        for k, v in d.items():
-            if k in nested:
-                if v is None:
-                    v = {}
-                if not isinstance(v, Mapping):
-                    raise SweepError(f"{where}: {k}: expected a mapping of settings, got {v!r}")
-                _check_keys(v, {f.name for f in dataclasses.fields(nested[k])}, f"{where}: {k}")
-                kw[k] = nested[k](**v)
+        for key, part in (("base", BaseSettings), ("eval", EvalSettings)):
+            v = d.get(key)
+            if v is None:
+                d.pop(key, None)
+            elif not isinstance(v, Mapping):
+                raise SweepError(f"{where}: {key}: expected a mapping of settings, got {v!r}")
             else:
-                kw[k] = v
-        cfg = cls(**kw)
+                d[key] = config_from_mapping(part, v, where=f"{where}: {key}", error=SweepError)
+        if "path" in d:
+            raise SweepError(f"{where}: {unknown_keys_message(['path'], [f.name for f in dataclasses.fields(cls)])}")
+        cfg = config_from_mapping(cls, d, where=where, error=SweepError)
         cfg.validate(where)
         return cfg
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> "SweepConfig":
-        """A sweep recipe plus ``key=value`` overrides (dotted keys reach nested settings:
-        ``eval.judge=http://…/v1``, ``base.steps=100``; values parsed as YAML)."""
-        import yaml
-
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] | Mapping[str, Any] = ()) -> "SweepConfig":
+        """A sweep recipe (a path, or a name: ``cpu-tiny``) plus ``key=value`` overrides (dotted keys
+        reach nested settings: ``eval.judge=http://…/v1``, ``base.steps=100``; values parsed as YAML)."""
         p = sweep_recipe(path)
-        try:
-            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise SweepError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(d, dict):
-            raise SweepError(f"{p}: expected a mapping of settings, got {type(d).__name__}")
-        try:
-            over = parse_assignments(overrides)
-        except AssignmentError as e:
-            raise SweepError(f"--set {e.item!r}: expected key=value ({e.reason})") from None
-        for key, value in over.items():
-            target = d
-            parts = key.split(".")
-            for part in parts[:-1]:
-                if not isinstance(target.get(part), dict):
-                    target[part] = {} if target.get(part) is None else target[part]
-                    if not isinstance(target[part], dict):
-                        raise SweepError(f"--set {key}: {part!r} is not a group of settings")
-                target = target[part]
-            target[parts[-1]] = value
-        cfg = cls.from_dict(d, str(p))
+        d = read_yaml_mapping(p, what="sweep recipe", error=SweepError)
+        cfg = cls.from_dict(apply_overrides(d, overrides, error=SweepError), str(p))
         cfg.path = str(p)
         return cfg
 
@@ -242,10 +218,8 @@ class SweepConfig:
 
     def train_config(self, **run: Any) -> TrainConfig:
         """The profile's recipe with the sweep's ``train:`` overrides and ``run`` settings (sweep keys)."""
-        prof = profile(self.profile)
-        items = [f"{k}={json.dumps(v)}" for k, v in self.train.items()]
-        items += [f"{_RUN_KEYS[k]}={json.dumps(v)}" for k, v in run.items()]
-        return TrainConfig.from_yaml(prof.recipe, items)
+        return TrainConfig.from_yaml(profile(self.profile).recipe,
+                                     {**self.train, **{_RUN_KEYS[k]: v for k, v in run.items()}})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -253,16 +227,6 @@ class SweepConfig:
         d["seeds"] = list(self.seeds)
         d["eval"]["mc"] = list(self.eval.mc)
         return d
-
-
-def _check_keys(d: Mapping[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(d) - known)
-    if unknown:
-        import difflib
-
-        hints = [f"{u!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(u, known, 1)) else repr(u)
-                 for u in unknown]
-        raise SweepError(f"{where}: unknown key(s) {', '.join(hints)}; known keys: {', '.join(sorted(known))}")
 
 
 def sweep_recipe(name: str | Path) -> Path:
