@@ -26,6 +26,7 @@ class HeldoutLoss:
 
     @property
     def perplexity(self) -> float:
+        """``exp(loss)``."""
         import math
 
         return math.exp(self.loss)

@@ -48,6 +48,8 @@ def fast_config(*more: str) -> S.SweepConfig:
     (["eval.mc=[mmlu]"], r"eval.mc: unknown benchmark\(s\) \['mmlu'\]"),
     (["eval.heldout=false", "eval.benchmarks=null"], "nothing to evaluate"),
     (["eval.repetition_penalty=0.5"], "repetition_penalty"),
+    (["profile=no-such"], "profile: PROFILE 'no-such': no such profile"),
+    (["train={epochs: 2}"], "train: .*num_train_epochs"),
 ])
 def test_bad_settings_fail_before_any_work(over, match):
     with pytest.raises(S.SweepError, match=match):
@@ -331,14 +333,35 @@ def test_a_killed_sweep_continues_with_the_runs_it_had_not_finished(prepared, tm
 
 
 def test_cqia_nb_sweep_subcommand(prepared, tmp_path, capsys):
+    """--config by name, --set overrides, --stop-after, then the same command continues the sweep."""
     from cqia_nb.cli import main
 
     out = tmp_path / "cli"
-    code = main(["sweep", "--config", str(TINY_RECIPE), "--out", str(out), "--input", "bundled",
-                 "--filter-dir", str(tmp_path / "none"), "--no-store", *sum((["--set", s] for s in FAST), [])])
+    args = ["sweep", "--config", "cpu-tiny", "--out", str(out), "--input", "bundled",
+            "--filter-dir", str(tmp_path / "none"), "--no-store", *sum((["--set", s] for s in FAST), [])]
+    assert main([*args, "--stop-after", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "3 runs pending" in text and "## ranking" not in text
+    code = main(args)
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "## ranking" in text and "## seed-to-seed spread" in text and "4 runs trained, 0 finished before" in text
+    assert "## ranking" in text and "## seed-to-seed spread" in text and "3 runs trained, 1 finished before" in text
     assert not (out / "results-mini.jsonl").exists()                 # --no-store
-    assert main(["sweep", "--config", str(TINY_RECIPE), "--set", "budget_tokens=-5"]) == 2
-    assert "budget_tokens: must be a positive integer" in capsys.readouterr().err
+    manifest = json.loads((out / S.MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert manifest["config"]["budget_tokens"] == 500 and manifest["config"]["seeds"] == [0, 1]  # the --set values
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["budget_tokens=-5"], "budget_tokens: must be a positive integer"),
+    (["seedz=3"], "did you mean 'seeds'"),
+    (["eval.judg=overlap"], "did you mean 'judge'"),
+    (["train={epochs: 2}"], "num_train_epochs"),
+])
+def test_cqia_nb_sweep_refuses_bad_settings_before_any_work(tmp_path, capsys, sets, message):
+    from cqia_nb.cli import main
+
+    out = tmp_path / "never"
+    assert main(["sweep", "--config", str(TINY_RECIPE), "--out", str(out),
+                 *sum((["--set", s] for s in sets), [])]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

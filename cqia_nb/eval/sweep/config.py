@@ -126,6 +126,8 @@ class SweepConfig:
         return cfg
 
     def validate(self, where: str = "sweep") -> None:
+        """Check every setting (a count of seeds becomes ``(0, …, n-1)``); a :class:`SweepError`
+        names the first bad key and what it accepts."""
         def bad(key: str, msg: str) -> None:
             raise SweepError(f"{where}: {key}: {msg}")
 
@@ -205,6 +207,11 @@ class SweepConfig:
             bad("expected", "a mapping profile -> {tokens_per_s, peak_memory_gb, hardware}")
         if not isinstance(self.results, str) or not self.results:
             bad("results", f"'auto' or a path, got {self.results!r}")
+        try:  # the profile and the train: overrides, checked now rather than after the data is built
+            self.train_config()
+        except (ValueError, FileNotFoundError) as e:
+            key = "profile" if "PROFILE" in str(e) else "train"
+            bad(key, str(e))
 
     # ---- derived
     def resolve(self, p: str | None) -> Path | None:
@@ -222,6 +229,7 @@ class SweepConfig:
                                      {**self.train, **{_RUN_KEYS[k]: v for k, v in run.items()}})
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able data (written to the sweep's ``sweep.json``)."""
         d = dataclasses.asdict(self)
         d.pop("path")
         d["seeds"] = list(self.seeds)

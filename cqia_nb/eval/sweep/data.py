@@ -41,14 +41,17 @@ class SweepData:
 
     @property
     def names(self) -> list[str]:
+        """The training subsets, in sweep order."""
         return list(self.train)
 
     def table(self) -> pl.DataFrame:
+        """Train and validation conversations per subset."""
         return pl.DataFrame({"subset": self.names,
                              "train": [len(self.train[s]) for s in self.names],
                              "validation": [len(self.validation[s]) for s in self.names]})
 
     def fingerprint(self, name: str) -> str:
+        """A hash of one subset's train and validation conversations (part of each run's fingerprint)."""
         return _digest(self.train[name], self.validation[name])
 
 
@@ -207,12 +210,15 @@ def budget_sample(conversations: Sequence[Conversation], tok: Any, budget: int, 
 
 @dataclass(frozen=True)
 class Run:
+    """One planned run: a training subset, a seed and the folder its results go to."""
+
     train_subset: str
     seed: int
     dir: Path
 
     @property
     def id(self) -> str:
+        """``<subset>/seed<k>``: the run's name in logs, results and the store."""
         return f"{self.train_subset}/seed{self.seed}"
 
 

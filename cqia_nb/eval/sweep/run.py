@@ -63,6 +63,8 @@ def _device_dtype(e: EvalSettings) -> tuple[str, str | None]:
 
 
 def eval_context(config: SweepConfig, data: SweepData, out_dir: str | Path) -> EvalContext:
+    """Load once what every evaluation needs: the held-out splits, the benchmarks, BELLE-EVAL with
+    its judge, the probe prompts; ``auto`` device and dtype resolved for this machine."""
     tc = config.train_config()
     device, dtype = _device_dtype(config.eval)
     e = dataclasses.replace(config.eval, device=device, dtype=dtype)
