@@ -518,7 +518,7 @@ class _LocalBackend:
         dev = next(self.model.parameters()).device
         with torch.no_grad():
             out = self.model(input_ids=torch.tensor([ids], device=dev), use_cache=True, logits_to_keep=1)
-        cache, n = out.past_key_values, len(ids)
+        cache, n = (out.cache if self._cache_kw == "cache" else out.past_key_values), len(ids)
         first = torch.softmax(out.logits[0, -1].float(), -1)
 
         def top_at(path: tuple[str, ...]) -> list[tuple[str, float]]:
