@@ -295,6 +295,60 @@ def test_changed_bytes_with_restored_size_and_mtime_are_not_served_stale(tmp_pat
     assert not second.from_cache
 
 
+def test_fast_path_handles_records_longer_than_a_block_and_checks_utf8(monkeypatch):
+    # One record of 1.2 MB in a file parsed in 256 KiB blocks: Arrow's reader says "straddling
+    # object" and the file is parsed again in one block, still on the fast path.
+    raw = jsonl([make_record(output="长" * 400_000)] + [make_record()] * 2000)
+    calls = []
+    real = cqia_nb.data.parse._read_json
+    monkeypatch.setattr(cqia_nb.data.parse, "_read_json", lambda r, b: calls.append(b) or real(r, b))
+    fast = data.parse_jsonl_bytes(raw)
+    assert len(calls) == 2 and calls[1] == len(raw) + 1 and fast.records_read == 2001
+    monkeypatch.setattr(cqia_nb.data.parse, "_parse_fast", lambda raw: None)
+    assert data.parse_jsonl_bytes(raw).table.equals(fast.table)
+    # Invalid UTF-8 inside a string (Arrow's reader would pass it through) goes to the careful path.
+    monkeypatch.undo()
+    bad = jsonl([make_record()]) + jsonl([make_record(output="x")]).replace(b'"x"', b'"x\xff"')
+    res = data.parse_jsonl_bytes(bad)
+    assert res.rejected == 1 and res.problems[0][0] == 2 and "not UTF-8: byte 0xff" in res.problems[0][2]
+
+
+def test_cold_load_streams_into_the_cache_and_equals_a_load_without_it(tmp_path, cache):
+    root = layout(tmp_path, {f"zhihu/{i}.jsonl": jsonl([make_record(instruction=f"问题{i}-{j}") for j in range(30)])
+                             for i in range(4)} | {"zhihu/bad.jsonl": b"nope\n"})
+    cold = quiet_load(source=str(root), cache_dir=cache)
+    plain = quiet_load(source=str(root), cache=False)
+    warm = quiet_load(source=str(root), cache_dir=cache)
+    assert not cold.from_cache and warm.from_cache
+    for name in ("frame", "problems", "files", "notes"):
+        assert getattr(cold, name).equals(getattr(plain, name)) and getattr(warm, name).equals(getattr(plain, name))
+    assert cold.frame["record_id"].to_list()[:2] == ["zhihu/0.jsonl:1", "zhihu/0.jsonl:2"]
+    assert not [p for p in Path(cache).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cache_write_failing_midway_warns_and_loads_everything(tmp_path, cache, monkeypatch):
+    import cqia_nb.data.cache as C
+
+    root = layout(tmp_path, {f"zhihu/{i}.jsonl": jsonl([make_record(instruction=f"问题{i}")]) for i in range(5)})
+    calls = {"n": 0}
+    real = C.RecordsWriter.write
+
+    def full(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after two files were streamed into the entry
+            raise OSError(28, "No space left on device")
+        return real(self, chunk)
+
+    monkeypatch.setattr(C.RecordsWriter, "write", full)
+    with pytest.warns(UserWarning, match="could not write the cache in .*No space left"):
+        res = load(LoadConfig(source=str(root), cache_dir=cache))
+    assert res.n_loaded == 5 and res.reconciles() and not res.from_cache
+    assert res.frame.equals(load(LoadConfig(source=str(root), cache=False)).frame)
+    assert not [p for p in Path(cache).iterdir() if p.name.endswith(".tmp")]  # nothing half-written
+    monkeypatch.undo()
+    assert not load(LoadConfig(source=str(root), cache_dir=cache)).from_cache  # no entry was left
+
+
 def test_strict_policy_applies_to_cached_loads(tmp_path, cache):
     root = layout(tmp_path, {"exam/e.jsonl": b"nope\n"})
     quiet_load(source=str(root), cache_dir=cache)
