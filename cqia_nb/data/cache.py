@@ -30,9 +30,21 @@ def stat_key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
-def file_sha(path: Path, raw: bytes, index: dict[str, Any]) -> str:
+def index_key(path: Path, dirs: dict[Path, str] | None = None) -> str:
+    """The stat index's key for ``path``: ``str(path.resolve())``. With ``dirs`` (a dict kept for one
+    load) each folder is resolved once, a quarter of a warm load's time otherwise: a file that is not
+    a symlink resolves to its folder, resolved, plus its name."""
+    if dirs is None or path.is_symlink():
+        return str(path.resolve())
+    parent = dirs.get(path.parent)
+    if parent is None:
+        parent = dirs[path.parent] = str(path.parent.resolve())
+    return os.path.join(parent, path.name)
+
+
+def file_sha(path: Path, raw: bytes, index: dict[str, Any], dirs: dict[Path, str] | None = None) -> str:
     """SHA-256 of ``raw`` (the bytes of ``path``), taken from the stat index when unchanged; remembered."""
-    key = str(path.resolve())
+    key = index_key(path, dirs)
     st = stat_key(path.stat())
     hit = index.get(key)
     if hit and hit[:-1] == st:
@@ -42,21 +54,22 @@ def file_sha(path: Path, raw: bytes, index: dict[str, Any]) -> str:
     return digest
 
 
-def stat_sha(path: Path, index: dict[str, Any]) -> str | None:
+def stat_sha(path: Path, index: dict[str, Any], dirs: dict[Path, str] | None = None) -> str | None:
     """The file's hash from the stat index, without reading it; None when unknown or changed."""
     try:
         st = stat_key(path.stat())
     except OSError:
         return None
-    hit = index.get(str(path.resolve()))
+    hit = index.get(index_key(path, dirs))
     if hit and hit[:-1] == st:
         return hit[-1]
     return None
 
 
-def remember_sha(path: Path, st: list[int], digest: str, index: dict[str, Any]) -> None:
+def remember_sha(path: Path, st: list[int], digest: str, index: dict[str, Any],
+                 dirs: dict[Path, str] | None = None) -> None:
     """Record ``digest`` for ``path`` as it was when read (``st``: :func:`stat_key` taken then)."""
-    index[str(path.resolve())] = [*st, digest]
+    index[index_key(path, dirs)] = [*st, digest]
 
 
 def read_index(cdir: Path) -> dict[str, Any]:

@@ -146,8 +146,26 @@ def read_card_configs(root: Path) -> dict[str, list[str]]:
     Entries without data_files (the real card lists "finance" twice, once empty) are skipped.
     """
     readme = root / "README.md"
+    try:
+        st = stat_key(readme.stat())
+    except OSError:
+        return {}
     if not readme.is_file():
         return {}
+    where = str(readme.absolute())
+    memo = _CARDS.get(where)
+    if memo is not None and memo[0] == st:  # unchanged card (size, mtime, inode, ctime): parsed before
+        return {k: list(v) for k, v in memo[1].items()}
+    out = _read_card_configs(readme)
+    _CARDS[where] = (st, out)
+    return {k: list(v) for k, v in out.items()}
+
+
+#: Parsed cards by path, with the stat key they were parsed at (a warm load parsed the YAML every time).
+_CARDS: dict[str, tuple[list[int], dict[str, list[str]]]] = {}
+
+
+def _read_card_configs(readme: Path) -> dict[str, list[str]]:
     text = readme.read_text(encoding="utf-8", errors="replace")
     m = re.match(r"^---\s*\n(.*?)\n---\s*\n", text, re.S)
     if not m:
@@ -255,10 +273,11 @@ def _load_path(path: str | Path, config: LoadConfig) -> LoadResult:
     cdir = data_cache_dir(config)
     index = read_index(cdir) if config.cache else {}
     rels = [(c, p, p.relative_to(base).as_posix()) for c, p in pairs]
+    dirs: dict[Path, str] = {}  # folders resolved once for the stat index's keys
 
     # Warm path: every file known to the stat index -> one combined key -> memory-mapped frames.
     if config.cache:
-        shas = [stat_sha(p, index) for _, p, _ in rels]
+        shas = [stat_sha(p, index, dirs) for _, p, _ in rels]
         if all(shas):
             key = combined_key((rel, c, s) for (c, _, rel), s in zip(rels, shas))  # type: ignore[misc]
             hit = cache_get(cdir, key)
@@ -276,17 +295,17 @@ def _load_path(path: str | Path, config: LoadConfig) -> LoadResult:
         keyparts = []
         for c, p, rel in rels:
             raw = p.read_bytes()
-            keyparts.append((rel, c, file_sha(p, raw, index)))
+            keyparts.append((rel, c, file_sha(p, raw, index, dirs)))
             del raw
         hit = cache_get(cdir, combined_key(keyparts))
         if hit is not None:
             write_index(cdir, index)
             return _cached_result(hit, root, base)
-    return _parse_all(path, root, base, rels, index, cdir, config)
+    return _parse_all(path, root, base, rels, index, dirs, cdir, config)
 
 
 def _parse_all(path: str | Path, root: Path, base: Path, rels: list[tuple[str, Path, str]],
-               index: dict[str, Any], cdir: Path, config: LoadConfig) -> LoadResult:
+               index: dict[str, Any], dirs: dict[Path, str], cdir: Path, config: LoadConfig) -> LoadResult:
     """Parse every file (streaming the records into a new cache entry when ``config.cache``)."""
     problems: list[tuple[str, int, str, str, str]] = []
     notes: list[tuple[str, str, int, int, str]] = []
@@ -335,7 +354,7 @@ def _parse_all(path: str | Path, root: Path, base: Path, rels: list[tuple[str, P
         with ThreadPoolExecutor(max_workers=1) as hasher, ThreadPoolExecutor(max_workers=1) as wpool:
             for c, p, rel in it:
                 raw = p.read_bytes()
-                known = stat_sha(p, index) if config.cache else None
+                known = stat_sha(p, index, dirs) if config.cache else None
                 stats.append(None if known or not config.cache else _stat_now(p))
                 if known:
                     shas.append(known)
@@ -366,7 +385,7 @@ def _parse_all(path: str | Path, root: Path, base: Path, rels: list[tuple[str, P
             for row, (c, p, rel), sha, st in zip(files, rels, shas, stats):
                 row[8] = sha if isinstance(sha, str) else sha.result()
                 if st is not None:
-                    remember_sha(p, st, row[8], index)
+                    remember_sha(p, st, row[8], index, dirs)
     except BaseException:
         if writer is not None:
             writer.abort()

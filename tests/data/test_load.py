@@ -349,6 +349,26 @@ def test_cache_write_failing_midway_warns_and_loads_everything(tmp_path, cache, 
     assert not load(LoadConfig(source=str(root), cache_dir=cache)).from_cache  # no entry was left
 
 
+def test_index_keys_and_card_memo_follow_the_files(tmp_path):
+    from cqia_nb.data.cache import index_key
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.jsonl").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(real)  # a folder symlink and a file symlink resolve like Path.resolve
+    (real / "b.jsonl").symlink_to(real / "a.jsonl")
+    dirs: dict = {}
+    for f in (tmp_path / "link" / "a.jsonl", tmp_path / "link" / "b.jsonl", real / "a.jsonl"):
+        assert index_key(f, dirs) == str(f.resolve())
+    # The card is parsed once per version of the file: a rewritten card is read again.
+    card = tmp_path / "ds" / "README.md"
+    card.parent.mkdir()
+    card.write_text('---\nconfigs:\n- config_name: "a"\n  data_files: "a/*"\n---\n')
+    assert data.read_card_configs(card.parent) == {"a": ["a/*"]}
+    card.write_text('---\nconfigs:\n- config_name: "b"\n  data_files: "b/*"\n---\n')  # same size
+    assert data.read_card_configs(card.parent) == {"b": ["b/*"]}
+
+
 def test_strict_policy_applies_to_cached_loads(tmp_path, cache):
     root = layout(tmp_path, {"exam/e.jsonl": b"nope\n"})
     quiet_load(source=str(root), cache_dir=cache)
