@@ -11,8 +11,8 @@ subpackage             notebook   what it does
 ``cqia_nb.filter``     02         rules, dedup, model scores, review labels, the noise benchmark
 ``cqia_nb.build``      03         subsets, mixtures, split, chat formatting, contamination, exports
 ``cqia_nb.train``      04         full / LoRA / QLoRA fine-tuning, multi-GPU launch
-``cqia_nb.eval``       05         C-Eval / CMMLU / SafetyBench, BELLE-EVAL, human A/B, results
-``cqia_nb.ui``         01–05      widgets and figures (they read frames; no stage imports them)
+``cqia_nb.eval``       05–06      C-Eval / CMMLU / SafetyBench, BELLE-EVAL, human A/B, results, subset sweep
+``cqia_nb.ui``         01–06      widgets and figures (they read frames; no stage imports them)
 =====================  =========  =================================================================
 
 ``import cqia_nb`` is fast: the names below are loaded on first use.
@@ -42,6 +42,8 @@ _API: dict[str, str] = {
     # 05
     "MCConfig": "cqia_nb.eval.mc.scoring:MCConfig", "load_benchmark": "cqia_nb.eval.mc.loading:load_benchmark",
     "evaluate_mc": "cqia_nb.eval.mc.harness:evaluate_mc", "run_belle_eval": "cqia_nb.eval.belle.run:run_belle_eval",
+    # 06
+    "SweepConfig": "cqia_nb.eval.sweep:SweepConfig", "run_sweep": "cqia_nb.eval.sweep:run_sweep",
     # widgets
     "browse": "cqia_nb.ui.browser:browse",
 }

@@ -16,6 +16,7 @@ from cqia_nb.core.distributed import current_shard
 from cqia_nb.core.overrides import AssignmentError, ConfigError, add_config_options, cli_overrides, parse_assignments
 from cqia_nb.data.load import LoadConfig, config_counts, format_notes, format_problems, load
 from cqia_nb.eval import mc as ev
+from cqia_nb.eval import sweep as sweeps
 from cqia_nb.eval.belle import cli as open_eval
 from cqia_nb.filter.framework import FilterRun, run_pipeline
 from cqia_nb.filter.outputs import read_kept, write_outputs
@@ -197,6 +198,30 @@ def cmd_eval_mc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    config = sweeps.SweepConfig.from_yaml(args.config, args.overrides)  # a bad recipe fails before any work
+    out = Path(args.out or f"build/sweep/{config.name}")
+    res = sweeps.run_sweep(config, out, source=args.input, filter_dir=args.filter_dir, data_source=args.data_source,
+                           progress=args.progress, stop_after=args.stop_after, store=not args.no_store)
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+                   tbl_formatting="MARKDOWN", tbl_width_chars=250, float_precision=3):
+        if res.runs:
+            print("## runs")
+            print(res.run_table())
+        if res.pending:
+            print(f"{len(res.pending)} runs pending (--stop-after); run the same command again to continue")
+            return 0
+        print("## ranking by the mean held-out loss over all subsets (t interval over seeds)")
+        print(res.ranking("heldout:mean"))
+        print("## seed-to-seed spread vs between-subset spread")
+        print(res.noise())
+    store = res.store or "the default results store"
+    print(f"{len(res.trained)} runs trained, {len(res.skipped)} finished before; results in {out} and {store}")
+    return 0
+
+
 def _add_eval_parsers(sub) -> argparse._SubParsersAction:
     """``cqia-nb eval KIND``; returns the group so that further kinds can be added to it."""
     p = sub.add_parser("eval", help="evaluate a model: `eval mc` multiple-choice benchmarks, `eval belle` open questions")
@@ -290,6 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     _add_eval_parsers(sub)  # `eval mc`; further `eval` kinds are added in _add_eval_parsers
+
+    p = sub.add_parser("sweep", help="tune one model per subset and seed on an equal token budget, evaluate each on "
+                                     "every subset's held-out split and the benchmarks (resumable)")
+    add_config_options(p, config_help="a sweep recipe, e.g. recipes/sweep-cpu-tiny.yaml, or its name (cpu-tiny, cpu, "
+                                      "gpu); --set profile=yi-6b-qlora runs it with a GPU recipe")
+    p.add_argument("--out", metavar="DIR", help="the sweep's folder (default build/sweep/<name>); a rerun continues it")
+    p.add_argument("--input", default="auto", metavar="INPUT",
+                   help="'auto' (a `cqia-nb filter` output in --filter-dir, else filter --data-source here) or 'bundled'")
+    p.add_argument("--filter-dir", default="build/02_filter", metavar="DIR", help="notebook 02's output folder")
+    p.add_argument("--data-source", default="auto", metavar="SRC", help="the records to filter when there is no filter output")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop after N newly trained runs (continue later)")
+    p.add_argument("--no-store", action="store_true", help="do not append to the results store")
+    p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("train", help="fine-tune (full / LoRA / QLoRA) from a recipe; same as python -m cqia_nb.train")
     train_mod.add_cli_arguments(p)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -121,13 +122,15 @@ def build_tiny_model(tokenizer_or_frame: Any, config: TinyModelConfig = TinyMode
 
 def train_tiny_lm(folder: str | Path, texts: Iterable[str], steps: int = 40, *, batch_size: int = 8,
                   seq_len: int = 128, lr: float = 3e-3, seed: int = 0,
-                  out_dir: str | Path | None = None, progress: bool = False) -> Path:
+                  out_dir: str | Path | None = None, progress: bool = False, schedule: str = "constant") -> Path:
     """A few quick causal-LM steps on ``texts`` so the tiny model's perplexity is meaningful.
 
     Each text becomes ``<bos> text``; the token stream is packed into ``seq_len`` windows and
     ``steps`` AdamW steps run on seeded random batches of them. The trained model is saved to a
     new folder named by the hash of (source model, texts, hyper-parameters); an identical call
     returns that folder without training. A plain torch loop: the Trainer-based module comes later.
+    ``schedule="cosine"`` warms the rate up over the first 5 % of the steps and decays it to zero
+    (longer pretraining, e.g. the subset sweep's shared base); ``"constant"`` keeps ``lr``.
     """
     import torch
 
@@ -139,7 +142,11 @@ def train_tiny_lm(folder: str | Path, texts: Iterable[str], steps: int = 40, *, 
     for t in texts:
         th.update(t.encode("utf-8"))
         th.update(b"\x00")
-    hp = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed)
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    hp: dict[str, Any] = dict(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, seed=seed)
+    if schedule != "constant":  # the default stays out of the key: folders built before keep their names
+        hp["schedule"] = schedule
     key = content_key("tiny-train", MODEL_VERSION, model_fingerprint(src), th.hexdigest(), json.dumps(hp, sort_keys=True))
     final = Path(out_dir) if out_dir is not None else models_dir() / f"{src.name}-lm-{key[:12]}"
     if is_complete(final, key):
@@ -158,6 +165,9 @@ def train_tiny_lm(folder: str | Path, texts: Iterable[str], steps: int = 40, *, 
         torch.manual_seed(seed)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        warm = max(1, steps // 20)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, (lambda i: min(1.0, (i + 1) / warm) * 0.5 * (
+            1 + math.cos(math.pi * min(1.0, i / max(1, steps))))) if schedule == "cosine" else (lambda i: 1.0))
         from tqdm.auto import tqdm
 
         bar = tqdm(range(steps), desc="tiny LM", unit="step", disable=not progress)
@@ -169,6 +179,7 @@ def train_tiny_lm(folder: str | Path, texts: Iterable[str], steps: int = 40, *, 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
             final_loss = float(loss.item())
             bar.set_postfix(loss=f"{final_loss:.3f}", refresh=False)

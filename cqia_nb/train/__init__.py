@@ -42,6 +42,7 @@ from cqia_nb.train.session import (  # noqa: F401
     Profile,
     TrainingData,
     config_table,
+    filtered_records,
     generations,
     gpu_launch_table,
     gpu_requirements,

@@ -121,16 +121,7 @@ def training_data(source: str = "auto", target: str = "mix-groups", *, subsets_d
     if source == "auto" and (found := _export_files(Path(subsets_dir), target)):
         return TrainingData(*found, f"notebook 03's export (target {target})")
     rebuild = Path(rebuild_dir)  # rebuilt every time (a few seconds): a stale copy could outlive its data
-    kept = Path(filter_dir) / "kept.parquet"
-    if source == "auto" and kept.is_file():
-        inputs = subsets.load_input(str(Path(filter_dir)))
-        how = "notebook 02's kept records"
-    else:
-
-        recipe = filters.PipelineConfig.from_yaml(RECIPES / "filter-default.yaml")
-        res = filters.run_pipeline(data.load(source="bundled" if source == "bundled" else data_source).frame, recipe)
-        inputs = subsets.InputData(res.kept, data_source, "filter-output", steps=res.steps)
-        how = "the loaded data filtered with filter-default.yaml"
+    inputs, how = filtered_records(source, filter_dir, data_source)
     build = subsets.run_build(subsets.BuildSpec.from_yaml(spec), seed=seed, data=inputs)
     if target not in build.targets:
         raise ValueError(f"target {target!r} is not in {Path(spec).name}; targets: {', '.join(build.targets)}")
@@ -141,6 +132,20 @@ def training_data(source: str = "auto", target: str = "mix-groups", *, subsets_d
     found = _export_files(rebuild, target)
     assert found is not None
     return TrainingData(*found, f"notebook 03's target {target} rebuilt here from {how} (notebook 03 not run)")
+
+
+def filtered_records(source: str = "auto", filter_dir: str | Path = "../build/02_filter",
+                     data_source: str = "auto") -> tuple[subsets.InputData, str]:
+    """The records a build starts from, and where they came from in words: notebook 02's
+    ``kept.parquet`` in ``filter_dir`` when ``source="auto"`` and it exists, else ``data_source``
+    (``source="bundled"``: the bundled set) filtered here with ``recipes/filter-default.yaml``."""
+    kept = Path(filter_dir) / "kept.parquet"
+    if source == "auto" and kept.is_file():
+        return subsets.load_input(str(Path(filter_dir))), "notebook 02's kept records"
+    recipe = filters.PipelineConfig.from_yaml(RECIPES / "filter-default.yaml")
+    res = filters.run_pipeline(data.load(source="bundled" if source == "bundled" else data_source).frame, recipe)
+    return (subsets.InputData(res.kept, data_source, "filter-output", steps=res.steps),
+            "the loaded data filtered with filter-default.yaml")
 
 
 def method_configs(prof: Profile | str, data: TrainingData, out_dir: str | Path, *, steps: int | None = None,

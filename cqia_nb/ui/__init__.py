@@ -54,6 +54,11 @@ from cqia_nb.ui.review import (  # noqa: F401
     QueueCursor,
     ReviewQueue,
 )
+from cqia_nb.ui.sweep_plots import (  # noqa: F401
+    sweep_heatmap,
+    sweep_ranking,
+    sweep_seeds,
+)
 from cqia_nb.ui.training import (  # noqa: F401
     LivePlot,
     comparison_html,
