@@ -21,7 +21,16 @@ subpackage             notebook   what it does
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
+
+# bitsandbytes >= 0.49, on CPUs with AVX512-BF16, tries at import (peft and transformers' Trainer
+# import it) to fetch an optional 4-bit kernel from the Hub and, offline or with the publisher
+# untrusted (we never pass trust_remote_code), falls back to its built-in path, logging two
+# warnings that concern no user's run and make stderr depend on the CPU. Errors still show.
+for _name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+del _name
 
 __version__ = "0.2.0"
 

@@ -68,6 +68,7 @@ from cqia_nb.filter.noise import (  # noqa: F401
     caught_by_kind,
     inject_noise,
     noise_counts,
+    score_auc,
     score_filters,
     to_traditional,
 )

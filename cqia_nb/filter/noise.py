@@ -741,3 +741,36 @@ def caught_by_kind(result: Any, noisy: pl.DataFrame) -> pl.DataFrame:
         data["not_caught"].append(n_of[k] - got)
     return pl.DataFrame(data, schema={"noise_kind": pl.String, "n": pl.Int64,
                                       **{s: pl.Int64 for s in steps}, "not_caught": pl.Int64})
+
+
+def score_auc(noisy: pl.DataFrame, scores: pl.Series | Sequence[float | None],
+              higher_is_clean: bool = True) -> dict[str, Any]:
+    """How well a per-record score separates clean from noisy records of ``inject_noise``'s frame:
+    the ROC AUC (the chance that a random clean record scores above a random noisy one; ties count
+    half; 0.5 is chance), overall and per noise kind. For a threshold-free look at a model score such
+    as the judge's, where precision/recall would need a cut-off first.
+
+    Records without a score (null / NaN) are left out and counted in ``unscored``. Returns
+    ``{"auc", "n_clean", "n_noisy", "unscored", "by_kind": {kind: auc}}`` (auc None when a side is empty).
+    """
+    s = pl.Series("score", list(scores), dtype=pl.Float64)
+    if s.len() != noisy.height:
+        raise ValueError(f"{s.len()} scores for {noisy.height} records; pass one score per row of the noisy frame")
+    frame = pl.DataFrame({"kind": noisy["noise_kind"], "score": s}).with_columns(pl.col("score").fill_nan(None))
+    unscored = frame["score"].null_count()
+    frame = frame.drop_nulls("score").with_columns(pl.col("score") * (1 if higher_is_clean else -1))
+    clean = frame.filter(pl.col("kind").is_null())["score"]
+
+    def auc(pos: pl.Series) -> float | None:
+        if clean.len() == 0 or pos.len() == 0:
+            return None
+        # Mann–Whitney U from mid-ranks of the pooled scores (ties share their average rank)
+        pooled = pl.concat([clean, pos]).rank("average")
+        u = float(pooled[:clean.len()].sum()) - clean.len() * (clean.len() + 1) / 2
+        return u / (clean.len() * pos.len())
+
+    noisy_scores = frame.filter(pl.col("kind").is_not_null())
+    by_kind = {k: auc(noisy_scores.filter(pl.col("kind") == k)["score"])
+               for k in _kind_order(noisy_scores["kind"].unique().to_list())}
+    return {"auc": auc(noisy_scores["score"]), "n_clean": clean.len(), "n_noisy": noisy_scores.height,
+            "unscored": unscored, "by_kind": by_kind}

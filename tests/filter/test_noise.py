@@ -328,3 +328,26 @@ def test_end_to_end_with_run_pipeline(clean):
     html = _row(s, "http", "html")
     assert (html["tp"], html["fn"], html["recall"]) == (0, 4, 0.0)
     assert caught_by_kind(res, noisy).filter(pl.col("noise_kind") == "url")["http"].item() == 4
+
+
+def test_score_auc_is_the_chance_a_clean_record_outscores_a_noisy_one():
+    from cqia_nb.filter.noise import score_auc
+
+    noisy = pl.DataFrame({"noise_kind": [None, None, None, "url", "url", "ad"]}, schema={"noise_kind": pl.String})
+    # clean 5, 3, 2 vs url 1, 3 and ad 9: pairs won (ties half): url 3 + 1.5 of 6, ad 0 of 3
+    res = score_auc(noisy, [5.0, 3.0, 2.0, 1.0, 3.0, 9.0])
+    assert res["by_kind"] == {"url": pytest.approx(4.5 / 6), "ad": 0.0}
+    assert res["auc"] == pytest.approx(4.5 / 9) and (res["n_clean"], res["n_noisy"], res["unscored"]) == (3, 3, 0)
+    # a score where low means clean, and unscored records left out
+    flipped = score_auc(noisy, [-5.0, None, -2.0, -1.0, float("nan"), -9.0], higher_is_clean=False)
+    # clean 5, 2 vs url 1 and ad 9 after the flip: 2 of 4 pairs
+    assert flipped["auc"] == pytest.approx(2 / 4) and flipped["unscored"] == 2
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = __import__("random").Random(0)
+    kinds = [None] * 30 + ["url"] * 20
+    scores = [float(rng.randint(0, 6)) for _ in kinds]  # many ties
+    want = sk.roc_auc_score([k is None for k in kinds], scores)
+    assert score_auc(pl.DataFrame({"noise_kind": kinds}, schema={"noise_kind": pl.String}), scores)["auc"] == \
+        pytest.approx(want)
+    with pytest.raises(ValueError, match="one score per row"):
+        score_auc(noisy, [1.0])

@@ -246,3 +246,14 @@ def test_smollm2_converts_once_and_scores_chinese(frame, tmp_path):
     scores = quality.ifd_scores(sub, model, tok, max_length=64, batch_size=2, progress=False)
     print("smollm2 ifd", scores["ifd"].to_list())
     assert scores["ifd"].null_count() == 0 and scores["ifd"].median() < 1
+
+
+def test_auto_quality_model_is_smollm2_only_when_it_is_at_hand(tmp_path, monkeypatch):
+    from cqia_nb.filter.scores import auto_quality_model
+
+    monkeypatch.setenv("CQIA_CACHE_DIR", str(tmp_path / "cache"))  # no converted copy there
+    monkeypatch.setenv("CQIA_SMOLLM2_GGUF", str(tmp_path / "missing.gguf"))
+    assert auto_quality_model() == "tiny"
+    (tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    monkeypatch.setenv("CQIA_SMOLLM2_GGUF", str(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    assert auto_quality_model() == "smollm2"

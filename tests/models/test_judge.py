@@ -8,6 +8,7 @@ timeout), ``[[badjson]]`` — and counts every request.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import warnings
@@ -177,7 +178,98 @@ def test_judge_filter_drops_low_scores_and_keeps_failures(stub, tmp_path):
     assert out.dropped["record_id"].to_list() == ["j.jsonl:2"] and out.dropped["value"].to_list() == [2.0]
 
 
+# ----------------------------------------------------------------------------- scores from token probabilities
+
+def test_score_distribution_follows_multi_token_paths():
+    ten = judge.score_candidates((1, 10))
+    assert list(ten) == [str(k) for k in range(1, 11)]
+    belle = judge.score_candidates((0.0, 1.0))
+    assert belle["0.3"] == 0.3 and belle["1"] == 1.0 and judge.score_candidates((0.0, 5.5)) == {}
+    tops = {(): [("1", 0.5), ("9", 0.25), ("好", 0.25)], ("1",): [("0", 0.2), ("分", 0.8)]}
+    dist = judge.score_distribution(ten, lambda path: tops.get(path))
+    assert dist == pytest.approx({1.0: 0.4, 10.0: 0.1, 9.0: 0.25})
+    score, mass = judge.expected_score(dist)
+    assert mass == pytest.approx(0.75) and score == pytest.approx((0.4 + 1.0 + 2.25) / 0.75)
+    # the continuation after "1" unknown (an OpenAI reply that wrote "9"): the "1" counts as 1
+    assert judge.score_distribution(ten, lambda path: tops[()] if not path else None) == \
+        pytest.approx({1.0: 0.5, 9.0: 0.25})
+    # 0–1 in tenths: "0" "." "6"; a leading space before the number is allowed
+    btops = {(): [(" 0", 0.5), (" 1", 0.5)], ("0",): [(".", 1.0)], ("0", "."): [("6", 1.0)]}
+    assert judge.score_distribution(belle, lambda path: btops.get(path)) == pytest.approx({0.6: 0.5, 1.0: 0.5})
+
+
+def test_logprob_replies_are_scored_from_probabilities_and_text_otherwise(stub, tmp_path):
+    fr = frame_of(["[[lp:seven]]", "[[lp:ten]]", "[[lp:bare]]", "[[good:8]]", "[[garbage]]"])
+    res = judge_frame(fr, cfg(stub, tmp_path))
+    assert all(b["logprobs"] is True and b["top_logprobs"] == 20 for b in stub.bodies)
+    assert res["score"].to_list()[:4] == pytest.approx([6.7, 6.2, 4.0, 8.0])
+    assert res["score_source"].to_list() == ["logprobs", "logprobs", "logprobs", "text", None]
+    assert res["score_mass"].to_list()[:3] == pytest.approx([1.0, 1.0, 0.5]) and res["score_mass"][3] is None
+    assert res["error"].to_list() == [None] * 4 + ["unparseable"]
+    assert json.loads(res["score_probs"][1]) == pytest.approx({"1": 0.4, "9": 0.2, "10": 0.4})
+    # a rerun reads the stored token probabilities: no request, same scores
+    stub.reset()
+    again = judge_frame(fr, cfg(stub, tmp_path))
+    assert stub.total == 0 and again["cached"].all()
+    assert again["score"].to_list()[:4] == pytest.approx([6.7, 6.2, 4.0, 8.0])
+    # logprobs=False: the request does not ask for them, the text is parsed
+    stub.reset()
+    text = judge_frame(fr, cfg(stub, tmp_path, logprobs=False))
+    assert not any("logprobs" in b for b in stub.bodies) and stub.total == 5
+    assert text["score"].to_list()[:2] == [7.0, 10.0] and text["error"][2] == "unparseable"
+    assert text["score_source"].to_list()[:2] == ["text", "text"]
+
+
+def test_belle_scores_from_logprobs(stub, tmp_path):
+    c = JudgeConfig.belle_eval(base_url=stub.url, api_key=SECRET, backoff_s=0.01, cache=False)
+    res = judge_prompts(["请打分 [[lp:belle]]", "请打分 [[belle:0.3]]"], c)
+    assert res["score"].to_list() == pytest.approx([0.85, 0.3])
+    assert res["score_source"].to_list() == ["logprobs", "text"]
+
+
 # ----------------------------------------------------------------------------- local backend
+
+def test_local_backend_scores_from_the_next_token_distribution(tmp_path):
+    torch = pytest.importorskip("torch")
+    import cqia_nb.models as models
+    from cqia_nb.core.generation import chat_prompts
+    from cqia_nb.models.loading import load_causal_lm
+
+    fr = frame_of(["一", "二"]).with_columns(pl.Series("output", ["分数: 7 好", "分数: 9 很好"]))
+    folder = models.build_tiny_model(fr, models.TinyModelConfig(tokenizer_vocab_size=400))
+    # a short prompt: the tiny model reads 512 positions (the default prompt is 619 of its tokens)
+    c = JudgeConfig(backend="local", model=str(folder), cache_path=str(tmp_path / "l.sqlite"),
+                    prompt_template="{instruction}\n{output}\n请打 1 到 10 分。")
+    before = judge.STATS["requests"]
+    res = judge_frame(fr, c)
+    assert judge.STATS["requests"] - before == 2 and res["error"].null_count() == 2
+    assert res["score_source"].to_list() == ["logprobs", "logprobs"]
+    # the same expectation computed here from full forward passes (no KV cache); "10" is "1" then "0" here
+    # as for SmolLM2: P(10) = P("1") P("0" | "1"), and P(1) = P("1") - P(10)
+    model, tok = load_causal_lm(str(folder))
+    paths = {k: tuple(tok(str(k), add_special_tokens=False)["input_ids"]) for k in range(1, 11)}
+    assert len(paths[10]) == 2  # "1" "0": the backend's second step, on the KV cache, is exercised
+    for row, (ins, out) in zip(res.iter_rows(named=True), zip(fr["instruction"], fr["output"])):
+        text = chat_prompts(tok, [judge.format_prompt(c.prompt_template, ins, "", out)], c.system_prompt)[0] + "分数: "
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert len(ids) < model.config.max_position_embeddings  # no cut: the whole prompt is read
+
+        def p_path(path: tuple[int, ...]) -> float:
+            prob = 1.0
+            for i, t in enumerate(path):
+                with torch.no_grad():
+                    prob *= float(torch.softmax(model(torch.tensor([ids + list(path[:i])])).logits[0, -1], -1)[t])
+            return prob
+
+        whole = {k: p_path(path) for k, path in paths.items()}
+        # a score is its path minus the longer scores that go through it ("1" then "0" is a 10, not a 1)
+        probs = {k: whole[k] - sum(whole[j] for j, pj in paths.items() if j != k and pj[:len(paths[k])] == paths[k])
+                 for k in paths}
+        mass = sum(probs.values())
+        assert row["score_mass"] == pytest.approx(mass, rel=1e-4)
+        assert row["score"] == pytest.approx(sum(k * v for k, v in probs.items()) / mass, rel=1e-4)
+    assert judge_frame(fr, c)["cached"].all() and judge.STATS["requests"] - before == 2
+
 
 def test_local_backend_with_tiny_model_records_unparseable(tmp_path):
     pytest.importorskip("torch")
@@ -185,11 +277,13 @@ def test_local_backend_with_tiny_model_records_unparseable(tmp_path):
 
     fr = frame_of(["一", "二"])
     folder = models.build_tiny_model(fr, models.TinyModelConfig(tokenizer_vocab_size=400))
-    c = JudgeConfig(backend="local", model=str(folder), max_tokens=6, cache_path=str(tmp_path / "l.sqlite"))
+    # logprobs=False: generate and parse the text, which the tiny model never writes in the format
+    c = JudgeConfig(backend="local", model=str(folder), max_tokens=6, cache_path=str(tmp_path / "l.sqlite"),
+                    logprobs=False)
     before = judge.STATS["requests"]
     res = judge_frame(fr, c)
     assert res.height == 2 and judge.STATS["requests"] - before == 2
-    assert res["error"].to_list() == ["unparseable", "unparseable"]
+    assert res["error"].to_list() == ["unparseable", "unparseable"] and res["score_source"].null_count() == 2
     assert all(isinstance(r, str) for r in res["raw_reply"]) and res["attempts"].to_list() == [1, 1]
     again = judge_frame(fr, c)
     assert judge.STATS["requests"] - before == 2 and again["cached"].all()

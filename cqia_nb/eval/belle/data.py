@@ -31,6 +31,7 @@ ANSWER_SCHEMA: dict[str, pl.DataType] = {
 SCORE_SCHEMA: dict[str, pl.DataType] = {
     "item_id": pl.String, "status": pl.String, "score": pl.Float64, "reason": pl.String,
     "raw_reply": pl.String, "judge_error_message": pl.String, "attempts": pl.Int64, "judge_cached": pl.Boolean,
+    "score_source": pl.String,
 }
 SUMMARY_SCHEMA: dict[str, pl.DataType] = {
     "class": pl.String, "n": pl.Int64, "scored": pl.Int64, "empty": pl.Int64, "failed": pl.Int64,

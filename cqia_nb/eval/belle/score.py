@@ -111,7 +111,7 @@ def judge_answers(items: pl.DataFrame, answers: pl.DataFrame, prompts: dict[str,
         for i, r in zip(send, res.iter_rows(named=True)):
             rows[i].update(status=r["error"] or "scored", score=r["score"], reason=r["reason"],
                            raw_reply=r["raw_reply"], judge_error_message=r["error_message"],
-                           attempts=r["attempts"], judge_cached=r["cached"])
+                           attempts=r["attempts"], judge_cached=r["cached"], score_source=r["score_source"])
     return pl.DataFrame(rows, schema=SCORE_SCHEMA)
 
 
