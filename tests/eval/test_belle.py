@@ -14,6 +14,7 @@ from conftest import REAL_BENCHMARKS
 from judge_stub import serve, server, stub  # noqa: F401  (fixtures)
 
 import cqia_nb.eval.belle as oe
+import cqia_nb.eval.belle.cli  # noqa: F401  (oe.cli below; not imported by the package itself)
 from cqia_nb.core.generation import generate_batch
 from cqia_nb.eval.belle.data import BelleEvalError, load_belle, normalize_class, sample_items
 from cqia_nb.eval.belle.generate import GenerationSettings, generate_answers
