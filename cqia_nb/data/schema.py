@@ -55,7 +55,7 @@ NOTE_SCHEMA: dict[str, pl.DataType] = {
     "file": pl.String, "field": pl.String, "records": pl.Int64, "first_line": pl.Int64, "message": pl.String,
 }
 # Bump when parsing or validation changes so stale caches are never reused.
-PARSER_VERSION = "4"
+PARSER_VERSION = "5"  # 5: records cached with string views (memory-mapped without a copy)
 LFS_PREFIX = b"version https://git-lfs.github.com/spec/"
 DATA_SUFFIXES = (".jsonl", ".json")
 

@@ -295,6 +295,248 @@ def test_changed_bytes_with_restored_size_and_mtime_are_not_served_stale(tmp_pat
     assert not second.from_cache
 
 
+def test_fast_path_handles_records_longer_than_a_block_and_checks_utf8(monkeypatch):
+    # One record of 1.2 MB in a file parsed in 256 KiB blocks: Arrow's reader says "straddling
+    # object" and the file is parsed again in one block, still on the fast path.
+    raw = jsonl([make_record(output="长" * 400_000)] + [make_record()] * 2000)
+    calls = []
+    real = cqia_nb.data.parse._read_json
+    monkeypatch.setattr(cqia_nb.data.parse, "_read_json", lambda r, b: calls.append(b) or real(r, b))
+    fast = data.parse_jsonl_bytes(raw)
+    assert len(calls) == 2 and calls[1] == len(raw) + 1 and fast.records_read == 2001
+    monkeypatch.setattr(cqia_nb.data.parse, "_parse_fast", lambda raw: None)
+    assert data.parse_jsonl_bytes(raw).table.equals(fast.table)
+    # Invalid UTF-8 inside a string (Arrow's reader would pass it through) goes to the careful path.
+    monkeypatch.undo()
+    bad = jsonl([make_record()]) + jsonl([make_record(output="x")]).replace(b'"x"', b'"x\xff"')
+    res = data.parse_jsonl_bytes(bad)
+    assert res.rejected == 1 and res.problems[0][0] == 2 and "not UTF-8: byte 0xff" in res.problems[0][2]
+
+
+def test_cold_load_streams_into_the_cache_and_equals_a_load_without_it(tmp_path, cache):
+    root = layout(tmp_path, {f"zhihu/{i}.jsonl": jsonl([make_record(instruction=f"问题{i}-{j}") for j in range(30)])
+                             for i in range(4)} | {"zhihu/bad.jsonl": b"nope\n"})
+    cold = quiet_load(source=str(root), cache_dir=cache)
+    plain = quiet_load(source=str(root), cache=False)
+    warm = quiet_load(source=str(root), cache_dir=cache)
+    assert not cold.from_cache and warm.from_cache
+    for name in ("frame", "problems", "files", "notes"):
+        assert getattr(cold, name).equals(getattr(plain, name)) and getattr(warm, name).equals(getattr(plain, name))
+    assert cold.frame["record_id"].to_list()[:2] == ["zhihu/0.jsonl:1", "zhihu/0.jsonl:2"]
+    assert not [p for p in Path(cache).iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cache_write_failing_midway_warns_and_loads_everything(tmp_path, cache, monkeypatch):
+    import cqia_nb.data.cache as C
+
+    root = layout(tmp_path, {f"zhihu/{i}.jsonl": jsonl([make_record(instruction=f"问题{i}")]) for i in range(5)})
+    calls = {"n": 0}
+    real = C.RecordsWriter.write
+
+    def full(self, chunk):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after two files were streamed into the entry
+            raise OSError(28, "No space left on device")
+        return real(self, chunk)
+
+    monkeypatch.setattr(C.RecordsWriter, "write", full)
+    with pytest.warns(UserWarning, match="could not write the cache in .*No space left"):
+        res = load(LoadConfig(source=str(root), cache_dir=cache))
+    assert res.n_loaded == 5 and res.reconciles() and not res.from_cache
+    assert res.frame.equals(load(LoadConfig(source=str(root), cache=False)).frame)
+    assert not [p for p in Path(cache).iterdir() if p.name.endswith(".tmp")]  # nothing half-written
+    monkeypatch.undo()
+    assert not load(LoadConfig(source=str(root), cache_dir=cache)).from_cache  # no entry was left
+
+
+def test_index_keys_and_card_memo_follow_the_files(tmp_path):
+    from cqia_nb.data.cache import index_key
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "a.jsonl").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(real)  # a folder symlink and a file symlink resolve like Path.resolve
+    (real / "b.jsonl").symlink_to(real / "a.jsonl")
+    dirs: dict = {}
+    for f in (tmp_path / "link" / "a.jsonl", tmp_path / "link" / "b.jsonl", real / "a.jsonl"):
+        assert index_key(f, dirs) == str(f.resolve())
+    # The card is parsed once per version of the file: a rewritten card is read again.
+    card = tmp_path / "ds" / "README.md"
+    card.parent.mkdir()
+    card.write_text('---\nconfigs:\n- config_name: "a"\n  data_files: "a/*"\n---\n')
+    assert data.read_card_configs(card.parent) == {"a": ["a/*"]}
+    card.write_text('---\nconfigs:\n- config_name: "b"\n  data_files: "b/*"\n---\n')  # same size
+    assert data.read_card_configs(card.parent) == {"b": ["b/*"]}
+
+
+# ----------------------------------------------------------------------------- streaming cache
+
+def _cache_tmp_files(cache: str) -> list[Path]:
+    return [p for p in Path(cache).iterdir() if p.name.endswith(".tmp")] if Path(cache).exists() else []
+
+
+def _same_result(a: data.LoadResult, b: data.LoadResult) -> None:
+    for name in ("frame", "problems", "files", "notes"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.schema == y.schema, name
+        assert x.equals(y), name
+
+
+def test_cached_records_are_string_views_and_round_trip(tmp_path, cache):
+    import shutil
+
+    import pyarrow as pa
+
+    # Strings inlined in the 16-byte view (<= 12 bytes), just over it, long, empty, multi-byte,
+    # U+2028 and an emoji; lists with the same.
+    texts = ["", "a", "abcdefghijkl", "abcdefghijklm", "长" * 5000, "第一行\u2028第二行", "😀" * 4, "x\ty\n\"z\""]
+    recs = [make_record(instruction=f"问{i}" + t, input=t, output=t + "答", metadata=t,
+                        domain=[t, "通用"] if t else [], task_type={"major": [t] if t else [], "minor": ["m", t]})
+            for i, t in enumerate(texts)]
+    root = layout(tmp_path, {"zhihu/a.jsonl": jsonl(recs[:4]), "xhs/b.jsonl": jsonl(recs[4:])})
+    plain = quiet_load(source=str(root), cache=False)
+    cold = quiet_load(source=str(root), cache_dir=cache)
+    warm = quiet_load(source=str(root), cache_dir=cache)
+    assert not cold.from_cache and warm.from_cache
+    _same_result(cold, plain)
+    _same_result(warm, plain)
+    assert dict(plain.frame.schema) == dict(data.SCHEMA)
+    # The entry holds string views (what polars maps without a copy), one batch per file.
+    (records,) = Path(cache).glob("*.records.arrow")
+    reader = pa.ipc.open_file(str(records))
+    assert reader.schema.field("instruction").type == pa.string_view()
+    assert reader.schema.field("domain").type.value_type == pa.string_view()
+    assert reader.num_record_batches == 2
+    got = {r["line"] + 100 * (r["config"] == "xhs"): r for r in warm.frame.to_dicts()}
+    for i, t in enumerate(texts):
+        r = got[i + 1 if i < 4 else 100 + i - 3]
+        assert (r["input"], r["output"], r["metadata"]) == (t, t + "答", t)
+        assert r["domain"] == ([t, "通用"] if t else []) and r["task_type_minor"] == ["m", t]
+    # Both frames map the entry: they stay readable when the cache folder is removed under them.
+    expected = plain.frame.to_dicts()
+    shutil.rmtree(cache)
+    assert cold.frame.to_dicts() == expected and warm.frame.to_dicts() == expected
+
+
+def test_warm_load_reads_no_data_file(tmp_path, cache, monkeypatch):
+    # The cold load remembered every file's hash in the stat index (computed on the hasher thread
+    # while it streamed), so the next load is served from the stat index alone.
+    root = layout(tmp_path, {f"zhihu/{i}.jsonl": jsonl([make_record(instruction=f"问题{i}")] * 3) for i in range(5)})
+    cold = quiet_load(source=str(root), cache_dir=cache)
+    real = Path.read_bytes
+
+    def no_data(self):
+        if self.suffix == ".jsonl":
+            raise AssertionError(f"a warm load read {self}")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", no_data)
+    warm = quiet_load(source=str(root), cache_dir=cache)
+    assert warm.from_cache
+    _same_result(warm, cold)
+    index = json.loads((Path(cache) / "stat-index.json").read_text())
+    assert sorted(index[str((root / "zhihu" / f"{i}.jsonl").resolve())][-1] for i in range(5)) == sorted(
+        cold.files["sha256"].to_list())
+
+
+def test_cache_is_invalidated_when_files_change_are_added_renamed_or_removed(tmp_path, cache):
+    root = layout(tmp_path, {f"zhihu/{i}.jsonl": jsonl([make_record(instruction=f"问题{i}-{j}") for j in range(3)])
+                             for i in range(3)})
+
+    def check(expect_cached: bool) -> data.LoadResult:
+        res = quiet_load(source=str(root), cache_dir=cache)
+        assert res.from_cache is expect_cached
+        _same_result(res, quiet_load(source=str(root), cache=False))
+        return res
+
+    check(False)
+    check(True)
+    f = root / "zhihu" / "1.jsonl"
+    f.write_bytes(jsonl([make_record(instruction="改过的问题")]))  # other size
+    assert check(False).frame.filter(pl.col("source_file") == "zhihu/1.jsonl")["instruction"].to_list() == ["改过的问题"]
+    check(True)
+    same_size = jsonl([make_record(instruction="改过的问吗")])  # same size, new bytes, new mtime
+    assert len(same_size) == f.stat().st_size
+    f.write_bytes(same_size)
+    assert check(False).frame.filter(pl.col("source_file") == "zhihu/1.jsonl")["instruction"].to_list() == ["改过的问吗"]
+    (root / "zhihu" / "3.jsonl").write_bytes(jsonl([make_record(instruction="新文件")]))
+    assert check(False).n_loaded == 8
+    check(True)
+    (root / "zhihu" / "3.jsonl").rename(root / "zhihu" / "4.jsonl")
+    assert "zhihu/4.jsonl" in check(False).frame["source_file"].to_list()
+    (root / "zhihu" / "4.jsonl").unlink()
+    assert check(True).n_loaded == 7  # the entry of these three files, as they are now
+    assert not _cache_tmp_files(cache)
+
+
+def test_bad_lines_in_large_files_are_reported_with_file_line_and_field_cold_and_warm(tmp_path, cache):
+    # Files over 512 KiB are parsed in several blocks on the fast path; one bad line sends the file
+    # to the careful path, which must still name the file, the line and the field.
+    good = [make_record(instruction=f"问题{i}", output="回答" * 40) for i in range(3000)]
+    big = jsonl(good[:1500]) + jsonl([make_record(human_verified="yes")]) + jsonl(good[1500:2500]) \
+        + b'{"instruction": \n' + jsonl(good[2500:])
+    utf8 = jsonl(good[:2000]) + jsonl([make_record(output="x")]).replace(b'"x"', b'"x\xff"') + jsonl(good[:10])
+    assert len(big) > 1 << 20 and len(utf8) > 1 << 19
+    root = layout(tmp_path, {"zhihu/big.jsonl": big, "zhihu/utf8.jsonl": utf8, "zhihu/ok.jsonl": jsonl(good[:5])})
+    cold = quiet_load(source=str(root), cache_dir=cache)
+    warm = quiet_load(source=str(root), cache_dir=cache)
+    assert warm.from_cache
+    _same_result(cold, quiet_load(source=str(root), cache=False))
+    _same_result(warm, cold)
+    where = [(r["file"], r["line"], r["field"]) for r in warm.problems.iter_rows(named=True)]
+    assert where == [("zhihu/big.jsonl", 1501, "human_verified"), ("zhihu/big.jsonl", 2502, "-"),
+                     ("zhihu/utf8.jsonl", 2001, "-")]
+    msgs = warm.problems["message"].to_list()
+    assert "expected true or false" in msgs[0] and "malformed JSON" in msgs[1] and "not UTF-8: byte 0xff" in msgs[2]
+    files = {r["file"]: r for r in warm.files.iter_rows(named=True)}
+    assert (files["zhihu/big.jsonl"]["loaded"], files["zhihu/big.jsonl"]["rejected"]) == (3000, 2)
+    assert (files["zhihu/utf8.jsonl"]["loaded"], files["zhihu/utf8.jsonl"]["rejected"]) == (2010, 1)
+    assert warm.reconciles() and warm.n_loaded == 3000 + 2010 + 5
+    ids = set(warm.frame.filter(pl.col("source_file") == "zhihu/big.jsonl")["record_id"])
+    assert "zhihu/big.jsonl:1500" in ids and "zhihu/big.jsonl:1501" not in ids and "zhihu/big.jsonl:3002" in ids
+    with pytest.raises(DataValidationError, match="zhihu/big.jsonl.*1501"):
+        load(LoadConfig(source=str(root), cache_dir=cache, policy="strict"))
+
+
+def test_cache_write_failing_on_the_first_file_keeps_the_records_in_memory(tmp_path, cache, monkeypatch):
+    import cqia_nb.data.cache as C
+
+    root = layout(tmp_path, {f"zhihu/{i}.jsonl": jsonl([make_record(instruction=f"问题{i}")]) for i in range(4)})
+
+    def full(self, chunk):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(C.RecordsWriter, "write", full)
+    with pytest.warns(UserWarning, match="could not write the cache in .*No space left"):
+        res = load(LoadConfig(source=str(root), cache_dir=cache))
+    monkeypatch.undo()
+    _same_result(res, load(LoadConfig(source=str(root), cache=False)))
+    assert not _cache_tmp_files(cache) and not list(Path(cache).glob("*.arrow"))
+    assert not load(LoadConfig(source=str(root), cache_dir=cache)).from_cache
+
+
+def test_records_file_that_cannot_be_renamed_into_place_still_gives_the_frame(tmp_path, cache, monkeypatch):
+    import cqia_nb.data.cache as C
+
+    root = layout(tmp_path, {f"zhihu/{i}.jsonl": jsonl([make_record(instruction=f"问题{i}")] * 2) for i in range(3)})
+    real = os.replace
+
+    def refuse(src, dst, *a, **kw):
+        if str(dst).endswith(".records.arrow"):
+            raise PermissionError(13, "Permission denied")
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(C.os, "replace", refuse)
+    with pytest.warns(UserWarning, match="could not write the cache in .*Permission denied"):
+        res = load(LoadConfig(source=str(root), cache_dir=cache))
+    monkeypatch.undo()
+    assert res.n_loaded == 6 and not res.from_cache
+    _same_result(res, load(LoadConfig(source=str(root), cache=False)))
+    assert not _cache_tmp_files(cache)  # the temporary records file is gone; the frame still reads
+    assert res.frame["instruction"].to_list() == [f"问题{i}" for i in range(3) for _ in range(2)]
+    assert not load(LoadConfig(source=str(root), cache_dir=cache)).from_cache
+
+
 def test_strict_policy_applies_to_cached_loads(tmp_path, cache):
     root = layout(tmp_path, {"exam/e.jsonl": b"nope\n"})
     quiet_load(source=str(root), cache_dir=cache)
@@ -381,3 +623,22 @@ def test_real_copy_loads_completely(real_data, cache):
     assert res.frame.filter(pl.col("config") == "xhs").height == 1508
     warm = quiet_load(source=str(real_data), cache_dir=cache)
     assert warm.from_cache and warm.frame.equals(res.frame)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_copy_streamed_cached_and_in_memory_loads_are_identical(real_data, tmp_path):
+    # The cold load streams file by file into the cache and returns the mapped entry; without the
+    # cache the per-file frames are concatenated in memory; the warm load maps the entry. Same result.
+    cache = str(tmp_path / "cache")
+    cold = quiet_load(source=str(real_data), cache_dir=cache)
+    plain = quiet_load(source=str(real_data), cache=False)
+    warm = quiet_load(source=str(real_data), cache_dir=cache)
+    assert not cold.from_cache and warm.from_cache
+    _same_result(cold, plain)
+    _same_result(warm, plain)
+    assert cold.frame["record_id"].is_unique().all() and cold.n_loaded == 17_971
+    # File order, then line order, as the files table lists them.
+    order = {f: i for i, f in enumerate(plain.files["file"].to_list())}
+    keys = [(order[f], ln) for f, ln in zip(plain.frame["source_file"], plain.frame["line"])]
+    assert keys == sorted(keys)
