@@ -1,0 +1,261 @@
+"""How each rule step and the default recipe scale with the input: time and peak memory at 1x,
+10x, 50x the real COIG-CQIA copy (issue 17).
+
+    .venv/bin/python benchmarks/bench_rules_scale.py --scales 1,10 --reps 1:2,10:2
+    .venv/bin/python benchmarks/bench_rules_scale.py --scales 1,10,50 --reps 1:2,10:2,50:1 \\
+        --steps recipe,special_chars,ngram_repetition --baseline /tmp/cqia-main
+
+Data: the real copy (``--data``, default ../shared/coig-cqia) and K-times replicas of it,
+generated into a temporary folder (removed at the end; never committed, never under the repo):
+replica r of a record gets the record_id ``<id>#r<r>`` and a small edit, `` <r>`` appended to its
+instruction, so that no two records are identical (exact dedup keeps them all, near dedup sees
+them as near duplicates, as a grown crawl would) and every text has its own buffers.
+
+Each (step, scale, repetition) runs in a fresh process that
+  1. imports cqia_nb from the checkout under test (``--baseline DIR``: also from that checkout,
+     e.g. ``git worktree add /tmp/cqia-main main``; runs are interleaved new, baseline, new, ...),
+  2. reads the Arrow file fully into memory (pyarrow, not memory-mapped),
+  3. warms up on the first 300 records (lookup tables, OpenCC, regexes: fixed costs),
+  4. resets the peak-RSS counter (``/proc/self/clear_refs``) and times ``run_pipeline`` of the
+     step alone with its parameters in recipes/filter-default.yaml (``recipe``: all 19 steps).
+Reported: wall and CPU seconds of that call (median over repetitions), peak RSS during it
+(VmHWM: the frame + interpreter + everything the step allocates; max over repetitions) and
+working memory = peak RSS - the loaded frame's Arrow size. Ratios: time at Kx / (K x time at 1x),
+1.00 is linear (target <= 1.2); working memory at Kx / at 1x (target for the recipe <= 1.5,
+apart from the dedup index: its bytes per record are printed). Linux only (/proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import yaml
+
+from cqia_nb.data.load import LoadConfig, load
+from cqia_nb.filter.framework import PipelineConfig, run_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "filter-default.yaml"
+DEDUP = ("exact_dedup", "near_dedup")
+
+
+def recipe_steps() -> list[dict]:
+    return yaml.safe_load(RECIPE.read_text(encoding="utf-8"))["steps"]
+
+
+def step_names() -> list[str]:
+    return PipelineConfig.from_dict({"steps": recipe_steps()}).step_names()
+
+
+def config_for(step: str) -> dict:
+    """The one-step recipe of ``step`` (its default-recipe parameters), or the whole recipe."""
+    steps = recipe_steps()
+    if step == "recipe":
+        return {"name": "recipe", "steps": steps}
+    return {"name": step, "steps": [steps[step_names().index(step)]]}
+
+
+# ----------------------------------------------------------------------------- data
+
+def build_data(real: Path, out: Path, scales: list[int]) -> dict[int, Path]:
+    """x{K}.arrow in ``out`` for each K: the real copy and K-1 edited replicas, unique ids."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = load(LoadConfig(source=str(real), cache=False)).frame
+    paths = {}
+    for k in scales:
+        parts = [base] + [base.with_columns(
+            (pl.col("record_id") + f"#r{r}").alias("record_id"),
+            (pl.col("instruction") + f" {r}").alias("instruction")) for r in range(1, k)]
+        frame = pl.concat(parts, rechunk=True)
+        assert frame["record_id"].n_unique() == frame.height
+        paths[k] = out / f"x{k}.arrow"
+        frame.write_ipc(paths[k], compression="uncompressed")
+        print(f"data x{k}: {frame.height:,} records, {frame.estimated_size() / 2**20:.0f} MiB (Arrow)", flush=True)
+        del frame, parts
+        gc.collect()
+    return paths
+
+
+# ----------------------------------------------------------------------------- child
+
+def _status(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def child(data: str, step: str) -> None:
+    """One timed run (in a fresh process); prints a JSON line."""
+    import cqia_nb
+
+    with pa.OSFile(data) as f:  # read into memory (not memory-mapped: every page is resident)
+        frame = pl.from_arrow(pa.ipc.open_file(f).read_all())
+    cfg = PipelineConfig.from_dict(config_for(step), step)
+    run_pipeline(frame.head(300), cfg)  # warm-up: lookup tables, OpenCC, regexes
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    c0, t0 = time.process_time(), time.perf_counter()
+    res = run_pipeline(frame, cfg)
+    sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"seconds": sec, "cpu": cpu, "peak": _status("VmHWM"), "frame": frame.estimated_size(),
+                      "records": frame.height, "kept": res.kept.height, "module": cqia_nb.__file__}))
+
+
+def run_one(src: Path, data: Path, step: str, max_rss_gib: float, timeout: float) -> dict:
+    """One child run with cqia_nb imported from ``src``; killed past the memory or time limit."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(data), step]
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env=env, cwd=src)
+        killed, t0 = None, time.time()
+        while True:
+            pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+            if pid:
+                break
+            try:
+                rss = next(int(l.split()[1]) * 1024 for l in open(f"/proc/{p.pid}/status") if l.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                rss = 0
+            if rss > max_rss_gib * 2**30:
+                killed = f"RSS > {max_rss_gib} GiB"
+            elif time.time() - t0 > timeout:
+                killed = f"over {timeout:.0f} s"
+            if killed:
+                p.kill()
+                os.wait4(p.pid, 0)
+                return {"killed": killed}
+            time.sleep(0.05)
+        p.returncode = os.waitstatus_to_exitcode(status)
+        fo.seek(0), fe.seek(0)
+        out, err = fo.read(), fe.read()
+    if p.returncode != 0:
+        return {"error": (err.strip().splitlines() or [f"exit {p.returncode}"])[-1]}
+    r = json.loads(out.strip().splitlines()[-1])
+    r["working"] = r["peak"] - r["frame"]
+    return r
+
+
+# ----------------------------------------------------------------------------- report
+
+def summarise(runs: list[dict]) -> dict:
+    ok = [r for r in runs if "seconds" in r]
+    if not ok:
+        return {"failed": (runs[-1].get("killed") or runs[-1].get("error")) if runs else "not run"}
+    return {"seconds": statistics.median(r["seconds"] for r in ok), "cpu": statistics.median(r["cpu"] for r in ok),
+            "peak": max(r["peak"] for r in ok), "working": max(r["working"] for r in ok),
+            "frame": ok[0]["frame"], "records": ok[0]["records"], "kept": ok[0]["kept"], "reps": len(ok)}
+
+
+def table(res: dict, scales: list[int], impls: list[str]) -> str:
+    mib = lambda x: f"{x / 2**20:,.0f}"
+    big = [k for k in scales if k > 1]
+    lines = ["| step | " + " | ".join(f"{k}x wall s (cpu s)" for k in scales) + " | "
+             + " | ".join(f"{k}x time / linear, wall (cpu)" for k in big) + " | "
+             + " | ".join(f"{k}x peak / working MiB" for k in scales) + " | "
+             + " | ".join(f"{k}x working / 1x" for k in big) + " |"]
+    lines.append("|" + " --- |" * (lines[0].count("|") - 1))
+    steps = list(dict.fromkeys(key.split("@")[0].split(":", 1)[1] for key in res))
+    for impl in impls:
+        for step in steps:
+            r = {k: res.get(f"{impl}:{step}@{k}") for k in scales}
+            if not any(r.values()):
+                continue
+            one = r.get(1) or {}
+            cells = [f"{x['seconds']:.2f} ({x['cpu']:.2f})" if x and "seconds" in x else (x or {}).get("failed", "-")
+                     for x in r.values()]
+            lin, mem, wr = [], [], []
+            for k in big:
+                x = r[k]
+                ok = x and "seconds" in x and "seconds" in one
+                lin.append(f"{x['seconds'] / (k * one['seconds']):.2f} ({x['cpu'] / (k * one['cpu']):.2f})" if ok else "-")
+                wr.append(f"{x['working'] / one['working']:.2f}" if ok else "-")
+            mem = [f"{mib(x['peak'])} / {mib(x['working'])}" if x and "peak" in x else "-" for x in r.values()]
+            name = step if impl == "new" else f"{step} ({impl})"
+            lines.append(f"| {name} | " + " | ".join(cells) + " | " + " | ".join(lin) + " | " + " | ".join(mem)
+                         + " | " + " | ".join(wr) + " |")
+    return "\n".join(lines)
+
+
+def dedup_bytes_per_record(res: dict, scales: list[int]) -> list[str]:
+    """Dedup steps: extra working memory per extra record between the smallest and largest scale."""
+    out = []
+    lo, hi = scales[0], scales[-1]
+    for step in DEDUP:
+        a, b = res.get(f"new:{step}@{lo}"), res.get(f"new:{step}@{hi}")
+        if a and b and "working" in a and "working" in b and b["records"] > a["records"]:
+            per = (b["working"] - a["working"]) / (b["records"] - a["records"])
+            out.append(f"{step}: {per:,.0f} bytes of working memory per record ({lo}x to {hi}x)")
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2], sys.argv[3])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "coig-cqia"), help="the real COIG-CQIA copy")
+    ap.add_argument("--scales", default="1,10,50")
+    ap.add_argument("--reps", default="1:2,10:2,50:1", help="repetitions per scale, SCALE:N,...")
+    ap.add_argument("--steps", default="all", help="comma-separated step names and/or 'recipe'; all = every step + recipe")
+    ap.add_argument("--baseline", default=None, help="a checkout to compare with (e.g. a worktree of main)")
+    ap.add_argument("--baseline-scales", default="1", help="scales the baseline runs at (it can be slow)")
+    ap.add_argument("--max-rss-gib", type=float, default=18.0)
+    ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    ap.add_argument("--out", default=None, help="write all runs as JSON here")
+    ap.add_argument("--tmp", default=None, help="folder for the generated data (default: a new temp dir)")
+    a = ap.parse_args()
+    scales = sorted(int(x) for x in a.scales.split(","))
+    reps = {int(k): int(v) for k, v in (x.split(":") for x in a.reps.split(","))}
+    steps = step_names() + ["recipe"] if a.steps == "all" else a.steps.split(",")
+    unknown = [s for s in steps if s != "recipe" and s not in step_names()]
+    if unknown:
+        ap.error(f"unknown step(s) {unknown}; steps: {', '.join(step_names())}, recipe")
+    impls = {"new": ROOT}
+    if a.baseline:
+        impls["baseline"] = Path(a.baseline).resolve()
+    base_scales = {int(x) for x in a.baseline_scales.split(",")}
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; implementations: "
+          + ", ".join(f"{k}={v}" for k, v in impls.items()), flush=True)
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="cqia-scale-", dir=a.tmp) as tmp:
+        data = build_data(Path(a.data), Path(tmp), scales)
+        for step in steps:
+            for k in scales:
+                todo = [i for i in impls if i == "new" or k in base_scales]
+                runs: dict[str, list] = {i: [] for i in todo}
+                for _ in range(reps.get(k, 1)):  # interleaved: new, baseline, new, baseline ...
+                    for i in todo:
+                        if not runs[i] or "seconds" in runs[i][-1]:  # no repeat after a kill
+                            runs[i].append(run_one(impls[i], data[k], step, a.max_rss_gib, a.timeout))
+                for i in todo:
+                    s = results[f"{i}:{step}@{k}"] = {**summarise(runs[i]), "runs": runs[i]}
+                    msg = (f"wall {s['seconds']:8.2f} s  cpu {s['cpu']:8.2f} s  peak {s['peak'] / 2**20:7.0f} MiB"
+                           f"  working {s['working'] / 2**20:7.0f} MiB" if "seconds" in s else s["failed"])
+                    print(f"{i:8s} {step:24s} {k:>3d}x  {msg}", flush=True)
+                if a.out:
+                    Path(a.out).write_text(json.dumps(results, indent=1))
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}\n")
+    print(table(results, scales, list(impls)))
+    for line in dedup_bytes_per_record(results, scales):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
