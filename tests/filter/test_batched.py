@@ -16,8 +16,10 @@ import pytest
 
 import cqia_nb.filter as F
 from cqia_nb.data.load import LoadConfig, bundled_path, load
+from cqia_nb.filter.dedup import ExactDedup
 from cqia_nb.filter.framework import BATCH_ROWS, StepOutput, batch_slices, measure_batched, run_batch
 from cqia_nb.filter.rules.common import TextFilter
+from cqia_nb.filter.rules.contact import UrlFilter
 from cqia_nb.filter.rules.kernels import codepoints, ngram_keys, word_tokens
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,6 +116,19 @@ def test_per_record_steps_see_bounded_batches(bundled):
     assert len(spy.seen) > bundled.height // 20 and sum(spy.seen) == bundled.height
     big = sum(1 for t in texts if t > 2000)
     assert sum(1 for h in spy.seen if h == 1) >= big
+
+
+def test_run_pipeline_batches_rule_steps_not_dedup(bundled, monkeypatch):
+    seen: dict[str, list[int]] = {"url": [], "exact_dedup": []}
+    for cls in (UrlFilter, ExactDedup):
+        def spy(self, frame, _orig=cls.measure):
+            seen[self.name].append(frame.height)
+            return _orig(self, frame)
+        monkeypatch.setattr(cls, "measure", spy)
+    cfg = F.PipelineConfig.from_dict({"steps": [{"filter": "url"}, {"filter": "exact_dedup"}]})
+    res = F.run_pipeline(bundled, cfg, batch_rows=50)
+    assert max(seen["url"]) <= 50 and sum(seen["url"]) == bundled.height
+    assert seen["exact_dedup"] == [res.steps["records_in"][1]]  # all records kept by url, at once
 
 
 def test_whole_frame_steps_are_not_batched(bundled):
