@@ -564,6 +564,17 @@ class StepOutput:
     gone: list[pl.DataFrame] = field(default_factory=list)      # dropped records + audit columns
 
 
+def _own_strings(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with its String columns copied into buffers of their own. A few rows filtered out
+    of a batch are views into the batch's whole text buffers (the input's, or those a transform
+    wrote for the batch), so keeping them until the end of the run would keep every batch's
+    rewritten text alive: measured on the real data x10, 480 bytes per input record for 2 % of
+    the records dropped. Copying their strings costs only their own bytes. Values are unchanged
+    (a null stays null)."""
+    cols = [pl.concat_str([pl.col(c), pl.lit("")]).alias(c) for c, t in frame.schema.items() if t == pl.String]
+    return frame.with_columns(cols) if cols else frame
+
+
 def _no_details(n: int) -> pl.Series:
     return pl.Series("detail", [None] * n, dtype=pl.String)
 
@@ -618,7 +629,7 @@ def run_batch(batch: pl.DataFrame, steps: Sequence[tuple[int, str, Filter | Tran
         if "record_id" in b.columns:
             acc.measured.append(b.select("record_id").with_columns(values.alias("value"), keep.alias("keep")))
         if gone.height:
-            acc.gone.append(gone.with_columns(
+            acc.gone.append(_own_strings(gone).with_columns(
                 pl.lit(i, dtype=pl.Int64).alias("step"), pl.lit(step, dtype=pl.String).alias("step_name"),
                 pl.lit(flt.name, dtype=pl.String).alias("filter"),
                 values.filter(drop).alias("value"), dropped_detail.alias("detail")))
