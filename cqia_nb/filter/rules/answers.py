@@ -122,6 +122,7 @@ class AnswerRepeatsQuestionFilter(Filter):
 
     name = "answer_repeats_question"
     details_per_record = True
+    per_record = True
     description = "answer equal to / contained in / overlapping the question"
     threshold_fields = ("max_overlap",)
     question: FieldSpec = "instruction"

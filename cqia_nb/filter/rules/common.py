@@ -94,6 +94,7 @@ class TextFilter(Filter):
     """A filter over one text (``field``); subclasses override the default field."""
 
     details_per_record = True
+    per_record = True  # measured in batches (framework.measure_batched): every value is the record's own
     field: FieldSpec = ALL_TEXT
 
     def __post_init__(self) -> None:

@@ -11,11 +11,18 @@ from cqia_nb.core.hashing import splitmix64, window_hash
 
 
 def codepoints(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """All texts' code points concatenated (uint32) and each text's length in code points."""
+    """All texts' code points concatenated (uint32) and each text's length in code points.
+
+    Meant for one batch (``cqia_nb.filter.framework.measure_batched``): the arrays are 4 bytes a
+    character of the batch, not of the input."""
     texts = texts.cast(pl.String).fill_null("")
     lengths = texts.str.len_chars().cast(pl.Int64).to_numpy()
-    joined = "".join(texts.to_list())
-    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32) if joined else np.zeros(0, np.uint32)
+    if texts.len() == 0 or not lengths.any():
+        return np.zeros(0, np.uint32), lengths
+    # polars joins the texts into one string (no Python list of str objects), which is decoded
+    # once and re-encoded as UTF-32: two C loops over the batch's text
+    joined = texts.str.join("").item()
+    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
     return cps, lengths
 
 
@@ -34,23 +41,36 @@ def class_mask(cps: np.ndarray, pattern: str) -> np.ndarray:
     table = _bmp_class_table(pattern)
     if len(cps) == 0 or cps.max() < 0x10000:
         return table[cps]
-    bmp = cps < 0x10000
-    out = table[np.where(bmp, cps, 0)] & bmp
-    if not bmp.all():  # astral characters (emoji, extension B): ask the regex for the few distinct ones
-        uniq = np.unique(cps[~bmp])
-        hit = pl.Series([chr(int(c)) for c in uniq]).str.contains(f"^(?:{pattern})$").to_numpy()
-        out[~bmp] = hit[np.searchsorted(uniq, cps[~bmp])]
+    out = table[np.minimum(cps, 0xFFFF)]  # astral positions are overwritten below
+    astral = np.flatnonzero(cps > 0xFFFF)
+    # astral characters (emoji, extension B): ask the regex for the few distinct ones; indexing
+    # only their positions keeps the work and memory off the (BMP) bulk of the text
+    uniq, inv = np.unique(cps[astral], return_inverse=True)
+    hit = pl.Series([chr(int(c)) for c in uniq]).str.contains(f"^(?:{pattern})$").to_numpy()
+    out[astral] = hit[inv]
     return out
 
 
 def per_text_sum(mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Per-text count of True in ``mask`` (code points of all texts concatenated)."""
-    cs = np.concatenate(([0], np.cumsum(mask, dtype=np.int64)))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    # int32 prefix sums (half the memory traffic of int64) whenever they cannot overflow
+    cs = np.empty(len(mask) + 1, dtype=np.int32 if len(mask) < 2**31 else np.int64)
+    cs[0] = 0
+    np.cumsum(mask, dtype=cs.dtype, out=cs[1:])
     ends = np.cumsum(lengths)
-    return cs[ends] - cs[ends - lengths]
+    return (cs[ends] - cs[ends - lengths]).astype(np.int64)
 
 
-def ngram_keys(tokens: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+#: Minimum bits for the document index in n-gram keys (``ngram_keys``): 15 bits, up to 32,768
+#: documents per call, so the hash keeps 49 bits whatever the batch size (the bits one call on
+#: the 17,971 real records used before batching): a record's keys, hence its value, do not
+#: depend on the batch it is in. More documents in one call take more bits, as before.
+MIN_DOC_BITS = 15
+
+
+def ngram_keys(tokens: np.ndarray, lengths: np.ndarray, n: int,
+               min_doc_bits: int = MIN_DOC_BITS) -> tuple[np.ndarray, int]:
     """Sorted n-gram keys of all documents: ``doc << (64 - doc_bits) | hash >> doc_bits``.
 
     ``tokens`` are the uint64 ids of all documents' tokens concatenated, ``lengths`` the tokens
@@ -62,7 +82,7 @@ def ngram_keys(tokens: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndar
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     n_docs = len(lengths)
-    doc_bits = max(1, int(max(n_docs - 1, 0)).bit_length())
+    doc_bits = max(1, min_doc_bits, int(max(n_docs - 1, 0)).bit_length())
     if doc_bits > 32:
         raise ValueError("more than 2**32 records in one call")
     m = int(lengths.sum()) - n + 1
@@ -191,27 +211,28 @@ def word_tokens(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     cls_t, low_t = bmp_tables()
     if cps.max() < 0x10000:
         cls, low = cls_t[cps], low_t[cps]
-    else:
-        bmp = cps < 0x10000
-        idx = np.where(bmp, cps, 0)
-        cls = np.where(bmp, cls_t[idx], 0).astype(np.uint8)
-        cls[(cps >= 0x20000) & (cps <= 0x3FFFF)] = 1
-        low = np.where(bmp, low_t[idx], cps)
+    else:  # astral characters: class 0 (1 in CJK extension B..), lower-case = itself
+        idx = np.minimum(cps, 0xFFFF)
+        cls, low = cls_t[idx], low_t[idx]
+        astral = np.flatnonzero(cps > 0xFFFF)
+        a = cps[astral]
+        cls[astral] = ((a >= 0x20000) & (a <= 0x3FFFF)).astype(np.uint8)
+        low[astral] = a
     word = cls == 2
     doc_start = np.zeros(len(cps), dtype=bool)
     doc_start[(np.cumsum(lengths) - lengths)[lengths > 0]] = True
     run_start = word & (doc_start | np.concatenate(([False], ~word[:-1])))
     # word runs, computed on the word characters only (a minority in Chinese text)
     w = np.flatnonzero(word)
-    ids = low.astype(np.uint64)
+    take = (cls == 1) | run_start
+    ids = low[take].astype(np.uint64)  # only the tokens' first characters: no uint64 per character
     if len(w):
         ws = run_start[w]                       # run starts, in word-character space
         wpos = np.arange(len(w), dtype=np.int64)
         offset = (wpos - np.maximum.accumulate(np.where(ws, wpos, 0))).astype(np.uint64)
         with np.errstate(over="ignore"):
-            contrib = splitmix64(ids[w] * np.uint64(0x10001) + offset * np.uint64(0x9E3779B1))
+            contrib = splitmix64(low[w].astype(np.uint64) * np.uint64(0x10001) + offset * np.uint64(0x9E3779B1))
             run_ids = np.add.reduceat(contrib, np.flatnonzero(ws))
-        ids[run_start] = run_ids | np.uint64(1 << 63)  # word ids apart from code points
-    take = (cls == 1) | run_start
+        ids[run_start[take]] = run_ids | np.uint64(1 << 63)  # word ids apart from code points
     counts = per_text_sum(take, lengths)
-    return ids[take], counts
+    return ids, counts

@@ -144,6 +144,7 @@ class ToSimplifiedTransform(Transform):
     """
 
     name = "to_simplified"
+    per_record = True
     description = "convert traditional to simplified characters"
     field: FieldSpec = ALL_TEXT
     config: str = "t2s"
@@ -161,6 +162,8 @@ class ToSimplifiedTransform(Transform):
     def transform(self, frame: pl.DataFrame) -> Rewritten:
         share, first, converted = traditional_share(frame, self._fields, self.config, self.skip_japanese)
         do = (share.fill_null(0.0) >= self.min_ratio) & (share.fill_null(0.0) > 0)
+        if not do.any():  # most batches: nothing to convert, the columns stay the input's buffers
+            return Rewritten(frame, do, share, first)
         cols = [pl.when(pl.lit(do)).then(pl.lit(converted[f])).otherwise(pl.col(f)).alias(f) for f in self._fields]
         out = frame.with_columns(cols)
         return Rewritten(out, do, share, first)
