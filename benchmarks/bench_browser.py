@@ -16,6 +16,15 @@ in this process, as benchmarks/bench_widget.py does).
 
 Needs what the browser test tier needs: playwright and Debian's chromium (``make test``
 installs it where apt-get works).
+
+``--lazy-parquet`` measures something else, without a browser: a parquet file larger than one
+wants in memory (the bundled records repeated to ``--gb`` GB, generated under /tmp and deleted
+afterwards), opened with ``browse(path)`` (lazy: footers, label values, the first page's row group)
+against ``browse(pl.read_parquet(path))`` (eager): open + first page, a search's first page, the
+exact match count, the last page and each process's peak RSS; and one middle page read with
+pyarrow's ``read_row_group`` against polars' ``scan_parquet().slice()``.
+
+    .venv/bin/python benchmarks/bench_browser.py --lazy-parquet [--gb 1.5] [--rows-per-group 10000]
 """
 
 from __future__ import annotations
