@@ -7,6 +7,12 @@ The core is pure and testable without a browser: :class:`BrowserQuery` describes
 
 All dataset text is untrusted: every value and every column name is HTML-escaped before it
 reaches an ``ipywidgets.HTML`` (which sets ``innerHTML``, so ``<img onerror=...>`` would run).
+
+A parquet path or folder and a polars LazyFrame are browsed lazily (a page reads only its row
+groups, a filter scans until the page is full); the sources are in :mod:`cqia_nb.ui.lazy`.
+
+Why this module is long: one widget with two paths (an in-memory frame, a lazy source) that share
+every control, the query state and the rendering, plus ``browse()``'s readers for every input kind.
 """
 
 from __future__ import annotations
