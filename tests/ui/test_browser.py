@@ -712,3 +712,15 @@ def test_lazyframe_is_browsed_lazily(frame: pl.DataFrame) -> None:
     assert b.lazy and b.page_frame.equals(big_frame().head(7))
     b.set_query(text="abc")
     assert b.count_all() == 8
+
+
+def test_lazy_raw_cqia_parquet_unpacks_task_type(tmp_path: Path) -> None:
+    # Raw records keep task_type as a struct; a lazy scan reads `task_type` for a task-type filter.
+    pl.from_dicts(raw_records() * 20).write_parquet(tmp_path / "raw.parquet", row_group_size=7)
+    b = browse(tmp_path / "raw.parquet", page_size=5)
+    assert b.lazy and "task_type_major" in b.page_frame.columns
+    assert b.controls["task_type"].options == ("(any)", "知乎问答", "问答")
+    b.set_query(task_type="知乎问答")
+    assert b.error is None and b.count_all() == 60
+    b.set_query(task_type="nope")
+    assert b.count_all() == 0 and "no matching records" in b.page_html
