@@ -301,22 +301,24 @@ class DatasetBrowser(Displayable):
     def _build_controls(self) -> None:
         cols = set(self._frame.columns)
         lay = w.Layout
-        distinct = self._source.distinct if self._source is not None else (
-            lambda names: _distinct(self._frame, names))
+        groups = {"config": ["config"], "task": TASK_TYPE_COLUMNS, "domain": ["domain"],
+                  "answer_from": ["answer_from"]}
+        values = (self._source.distinct(groups) if self._source is not None
+                  else {k: _distinct(self._frame, v) for k, v in groups.items()})
         self._search = w.Text(description="search", placeholder="text (Enter to apply)",
                               continuous_update=False, layout=lay(width="320px"))
         self._regex = w.Checkbox(description="regex", indent=False, layout=lay(width="80px"))
         self._fields = w.SelectMultiple(options=self._text_cols, description="in fields",
                                         rows=min(4, max(1, len(self._text_cols))))
-        self._config_values = distinct(["config"])
+        self._config_values = values["config"]
         self._configs = w.SelectMultiple(options=self._config_values, description="config",
                                          rows=min(6, max(1, len(self._config_values))),
                                          tooltip="none selected = all")
-        self._task_values = distinct(TASK_TYPE_COLUMNS)
+        self._task_values = values["task"]
         self._task_type = w.Dropdown(options=[ANY, *self._task_values], description="task type")
-        self._domain_values = distinct(["domain"])
+        self._domain_values = values["domain"]
         self._domain = w.Dropdown(options=[ANY, *self._domain_values], description="domain")
-        self._answer_values = distinct(["answer_from"])
+        self._answer_values = values["answer_from"]
         self._answer_from = w.Dropdown(
             options=[ANY, *(v if v else "(empty)" for v in self._answer_values)], description="answer")
         self._human = w.Dropdown(options=[ANY, "True", "False"], description="verified")

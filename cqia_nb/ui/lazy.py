@@ -79,21 +79,29 @@ class LazySource:
         """The whole source as a polars LazyFrame (nothing is read until it is collected)."""
         raise NotImplementedError
 
-    def distinct(self, names: Sequence[str]) -> list[str]:
-        """Sorted distinct non-null values of small label columns, by a streaming projection scan."""
-        parts = []
+    def distinct(self, groups: dict[str, Sequence[str]]) -> dict[str, list[str]]:
+        """Per group: sorted distinct non-null values of its (small, label) columns.
+
+        One streaming projection scan for every group together (only those columns are read).
+        """
         lf = self.lazy()
-        for name in names:
-            if name not in self.schema:
-                continue
-            col = pl.col(name)
-            if isinstance(self.schema[name], pl.List):
-                col = col.explode()
-            parts.append(lf.select(col.cast(pl.String).drop_nulls().unique().alias("v")))
-        if not parts:
-            return []
-        out = pl.concat(parts).unique().sort("v").collect(engine="streaming")
-        return out["v"].to_list()
+        queries, keys = [], []
+        for key, names in groups.items():
+            parts = []
+            for name in names:
+                if name not in self.schema:
+                    continue
+                col = pl.col(name)
+                if isinstance(self.schema[name], pl.List):
+                    col = col.explode()
+                parts.append(lf.select(col.cast(pl.String).drop_nulls().unique().alias("v")))
+            if parts:
+                queries.append(pl.concat(parts).unique().sort("v"))
+                keys.append(key)
+        out: dict[str, list[str]] = {key: [] for key in groups}
+        for key, frame in zip(keys, pl.collect_all(queries, engine="streaming")):
+            out[key] = frame["v"].to_list()
+        return out
 
 
 class ParquetSource(LazySource):
