@@ -16,6 +16,15 @@ in this process, as benchmarks/bench_widget.py does).
 
 Needs what the browser test tier needs: playwright and Debian's chromium (``make test``
 installs it where apt-get works).
+
+``--lazy-parquet`` measures something else, without a browser: a parquet file larger than one
+wants in memory (the bundled records repeated to ``--gb`` GB, generated under /tmp and deleted
+afterwards), opened with ``browse(path)`` (lazy: footers, label values, the first page's row group)
+against ``browse(pl.read_parquet(path))`` (eager): open + first page, a search's first page, the
+exact match count, the last page and each process's peak RSS; and one middle page read with
+pyarrow's ``read_row_group`` against polars' ``scan_parquet().slice()``.
+
+    .venv/bin/python benchmarks/bench_browser.py --lazy-parquet [--gb 1.5] [--rows-per-group 10000]
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -36,7 +46,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "browser"))
 
-import lab  # noqa: E402  (tests/browser/lab.py: the tier's JupyterLab + Chromium driver)
+try:
+    import lab  # noqa: E402  (tests/browser/lab.py: the tier's JupyterLab + Chromium driver)
+except ImportError:  # --lazy-parquet needs no browser
+    lab = None
 
 TARGET_MS = 200.0
 WARMUP = 2
@@ -152,12 +165,145 @@ def _kernel_side_ms(data_root: Path, configs: list[str], reps: int) -> dict[str,
     return out
 
 
+# ----------------------------------------------------------------------------- lazy parquet (--lazy-parquet)
+
+LAZY_SEARCH = "中国"
+
+
+def _make_big_parquet(path: Path, target_gb: float, rows_per_group: int) -> dict[str, Any]:
+    """The bundled records repeated (record ids made distinct) into one parquet file of about ``target_gb``.
+
+    No dictionary encoding (repeated text would otherwise shrink to nothing; real text does not repeat),
+    snappy pages, ``rows_per_group`` rows per row group. Written a row group at a time.
+    """
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    from cqia_nb.data.load import LoadConfig, load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = load(LoadConfig(source="bundled")).frame
+    per_copy_bytes = base.estimated_size()
+    copies = max(1, int(target_gb * 1e9 / per_copy_bytes))
+    per_group = max(1, rows_per_group // base.height)
+    writer = None
+    k = 0
+    while k < copies:
+        n = min(per_group, copies - k)
+        part = pl.concat([base.with_columns(pl.col("record_id") + f"#{k + j}") for j in range(n)])
+        table = part.to_arrow()
+        if writer is None:
+            writer = pq.ParquetWriter(path, table.schema, compression="snappy", use_dictionary=False)
+        writer.write_table(table, row_group_size=len(table))
+        k += n
+    assert writer is not None
+    writer.close()
+    md = pq.read_metadata(path)
+    return {"rows": md.num_rows, "row_groups": md.num_row_groups, "copies": copies,
+            "file_gb": path.stat().st_size / 1e9, "in_memory_gb": copies * per_copy_bytes / 1e9}
+
+
+def _lazy_child(mode: str, path: Path) -> dict[str, Any]:
+    """One measurement, in its own process so that its peak RSS is its own."""
+    import polars as pl
+
+    from cqia_nb.ui.browser import browse
+    from cqia_nb.ui.lazy import ParquetSource
+
+    out: dict[str, Any] = {"mode": mode}
+    t0 = time.perf_counter()
+    if mode in ("lazy", "eager"):
+        if mode == "eager":
+            b = browse(pl.read_parquet(path), page_size=10)
+        else:
+            b = browse(path, page_size=10)
+        out["open_first_page_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        b.set_query(text=LAZY_SEARCH)
+        out["search_first_page_s"] = time.perf_counter() - t1
+        out["search_status"] = b.status_text
+        t2 = time.perf_counter()
+        out["matches"] = b.count_all()
+        out["count_all_s"] = time.perf_counter() - t2
+        b.set_query(text="")
+        t3 = time.perf_counter()
+        b.set_query(page=b.query.page + 10**9)  # the last page
+        out["last_page_s"] = time.perf_counter() - t3
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the reopen
+        t4 = time.perf_counter()  # again, imports done (pyarrow.parquet imports pandas: ~1 s the first time)
+        browse(path if mode == "lazy" else pl.read_parquet(path), page_size=10)
+        out["reopen_s"] = time.perf_counter() - t4
+    else:  # one page of 10 rows in the middle, read two ways
+        n = ParquetSource([path]).height
+        mid = n // 2
+        t0 = time.perf_counter()
+        if mode == "page-pyarrow":
+            page = ParquetSource([path]).rows(mid, 10)
+        else:
+            page = pl.scan_parquet(path).slice(mid, 10).collect()
+        out["middle_page_s"] = time.perf_counter() - t0
+        out["rows"] = page.height
+    out.setdefault("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def lazy_parquet_main(args: argparse.Namespace) -> int:
+    import subprocess
+
+    tmp = Path(tempfile.mkdtemp(prefix="cqia-bench-lazy-", dir="/tmp"))
+    try:
+        path = tmp / "big.parquet"
+        t0 = time.perf_counter()
+        info = _make_big_parquet(path, args.gb, args.rows_per_group)
+        print(f"generated {path}: {info['rows']:,} rows ({info['copies']:,} copies of the bundled records) in "
+              f"{info['row_groups']:,} row groups, {info['file_gb']:.2f} GB on disk, "
+              f"~{info['in_memory_gb']:.2f} GB in memory, in {time.perf_counter() - t0:.0f} s")
+        results = []
+        for mode in ("lazy", "eager", "page-pyarrow", "page-polars"):
+            r = subprocess.run([sys.executable, __file__, "--_lazy-child", mode, str(path)],
+                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            if r.returncode:
+                print(f"{mode} failed:\n{r.stderr[-2000:]}", file=sys.stderr)
+                return 1
+            results.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1], ensure_ascii=False), flush=True)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    lazy, eager = results[0], results[1]
+    print(f"\n{'':<34} {'lazy':>10} {'eager':>10}")
+    for key, label in (("open_first_page_s", "open + first page (s)"), ("reopen_s", "the same again (s)"),
+                       ("search_first_page_s", f"search {LAZY_SEARCH!r}, first page (s)"),
+                       ("count_all_s", "count all matches (s)"), ("last_page_s", "last page (s)"),
+                       ("peak_rss_mb", "peak RSS (MB)")):
+        print(f"{label:<34} {lazy[key]:>10.2f} {eager[key]:>10.2f}")
+    print(f"matches: lazy {lazy['matches']:,}, eager {eager['matches']:,}")
+    print(f"middle page of 10 rows: pyarrow read_row_group {results[2]['middle_page_s']:.3f} s, "
+          f"{results[2]['peak_rss_mb']:.0f} MB peak; polars scan_parquet().slice() "
+          f"{results[3]['middle_page_s']:.3f} s, {results[3]['peak_rss_mb']:.0f} MB peak")
+    if args.json:
+        args.json.write_text(json.dumps({"file": info, "results": results}, indent=2, ensure_ascii=False),
+                             encoding="utf-8")
+    return 0 if lazy["matches"] == eager["matches"] else 1
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--_lazy-child":
+        print(json.dumps(_lazy_child(sys.argv[2], Path(sys.argv[3])), ensure_ascii=False))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lazy-parquet", action="store_true",
+                    help="instead: open + first page + search on a generated parquet, lazy vs eager (no browser)")
+    ap.add_argument("--gb", type=float, default=1.5, help="--lazy-parquet: in-memory size of the generated data")
+    ap.add_argument("--rows-per-group", type=int, default=10_000, help="--lazy-parquet: rows per row group")
     ap.add_argument("--root", type=Path, default=REPO.parent / "shared" / "coig-cqia")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
+    if args.lazy_parquet:
+        return lazy_parquet_main(args)
     if args.reps < 10:
         ap.error("--reps must be at least 10")
     if not (args.root / "README.md").is_file():

@@ -7,6 +7,12 @@ The core is pure and testable without a browser: :class:`BrowserQuery` describes
 
 All dataset text is untrusted: every value and every column name is HTML-escaped before it
 reaches an ``ipywidgets.HTML`` (which sets ``innerHTML``, so ``<img onerror=...>`` would run).
+
+A parquet path or folder and a polars LazyFrame are browsed lazily (a page reads only its row
+groups, a filter scans until the page is full); the sources are in :mod:`cqia_nb.ui.lazy`.
+
+Why this module is long: one widget with two paths (an in-memory frame, a lazy source) that share
+every control, the query state and the rendering, plus ``browse()``'s readers for every input kind.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import polars as pl
 from cqia_nb.core.jsonl import data_name, decompress, json_object
 from cqia_nb.data.load import LoadConfig, load
 from cqia_nb.data.schema import LFS_PREFIX
+from cqia_nb.ui.lazy import LazyFrameSource, LazySource, MatchScan, ParquetSource, parquet_paths
 from cqia_nb.ui.common import (
     Displayable,
     esc,
@@ -35,6 +42,8 @@ DEFAULT_FIELDS: tuple[str, ...] = ("instruction", "input", "output")
 TASK_TYPE_COLUMNS: tuple[str, ...] = ("task_type_major", "task_type_minor")
 PAGE_SIZES: tuple[int, ...] = (5, 10, 20, 50, 100)
 ANY = "(any)"
+#: Top of the length slider for a lazy source (its true maximum would take a pass over the text).
+LAZY_LENGTH_MAX = 100_000
 
 
 @dataclass(frozen=True)
@@ -134,11 +143,14 @@ def _text_expr(frame: pl.DataFrame, query: BrowserQuery) -> pl.Expr:
         [_as_text(frame, f).str.contains(pattern).fill_null(False) for f in present])
 
 
-def filter_frame(frame: pl.DataFrame, query: BrowserQuery) -> pl.DataFrame:
-    """Rows of ``frame`` matching every filter of ``query`` (``page`` is ignored).
+def filter_expr(frame: pl.DataFrame | pl.Schema, query: BrowserQuery) -> pl.Expr | None:
+    """The predicate of ``query``'s filters on a frame of ``frame``'s schema (None: no filter).
 
-    Raises ValueError for an invalid regex or a filter on a column the frame lacks.
+    ``frame`` may be a schema (a lazy source's). Raises ValueError for an invalid regex or a filter
+    on a column the frame lacks.
     """
+    if isinstance(frame, (pl.Schema, dict)):
+        frame = pl.DataFrame(schema=frame)
     exprs: list[pl.Expr] = []
     if query.text:
         exprs.append(_text_expr(frame, query))
@@ -166,10 +178,19 @@ def filter_frame(frame: pl.DataFrame, query: BrowserQuery) -> pl.DataFrame:
             exprs.append(n >= query.min_len)
         if query.max_len is not None:
             exprs.append(n <= query.max_len)
-    if not exprs:
+    return pl.all_horizontal(exprs) if exprs else None
+
+
+def filter_frame(frame: pl.DataFrame, query: BrowserQuery) -> pl.DataFrame:
+    """Rows of ``frame`` matching every filter of ``query`` (``page`` is ignored).
+
+    Raises ValueError for an invalid regex or a filter on a column the frame lacks.
+    """
+    expr = filter_expr(frame, query)
+    if expr is None:
         return frame
     try:
-        return frame.filter(pl.all_horizontal(exprs))
+        return frame.filter(expr)
     except pl.exceptions.ComputeError as e:
         if query.text and query.regex:
             raise _invalid_regex(query.text, e) from None
@@ -241,16 +262,23 @@ class DatasetBrowser(Displayable):
     :meth:`select`; errors (such as an invalid regex) go to :attr:`status_text`, not raised.
     """
 
-    def __init__(self, frame: pl.DataFrame | pl.LazyFrame, page_size: int | None = None,
+    def __init__(self, frame: pl.DataFrame | pl.LazyFrame | LazySource, page_size: int | None = None,
                  query: BrowserQuery | None = None) -> None:
         if isinstance(frame, pl.LazyFrame):
-            frame = frame.collect()
-        if not isinstance(frame, pl.DataFrame):
+            frame = LazyFrameSource(frame, post=_unpack_task_type)
+        if isinstance(frame, LazySource):
+            # Lazy: only the schema and the row count now; each page reads the chunks it shows.
+            self._source: LazySource | None = frame
+            self._frame: pl.DataFrame = frame.empty()
+        elif isinstance(frame, pl.DataFrame):
+            self._source = None
+            self._frame = frame
+        else:
             raise TypeError(f"DatasetBrowser needs a polars DataFrame, got {type(frame).__name__}; "
                             "use cqia_nb.ui.browse() for other inputs")
-        self._frame = frame
-        cols = frame.columns
-        self._text_cols = [c for c in cols if frame.schema[c] == pl.String]
+        self._scan: MatchScan | None = None
+        cols = self._frame.columns
+        self._text_cols = [c for c in cols if self._frame.schema[c] == pl.String]
         # Default search fields: the three text fields, or every string column when absent.
         q = query or BrowserQuery()
         fields_ = tuple(f for f in q.fields if f in cols) or tuple(self._text_cols)
@@ -260,8 +288,8 @@ class DatasetBrowser(Displayable):
                               page_size=page_size if page_size is not None else q.page_size)
         page_count(0, self._query.page_size)
         self._max_len: dict[str, int] = {}
-        self._filtered = frame
-        self._page = frame.head(0)
+        self._filtered = self._frame
+        self._page = self._frame.head(0)
         self._error: str | None = None
         self._selected: int | None = None
         self._syncing = False
@@ -273,20 +301,24 @@ class DatasetBrowser(Displayable):
     def _build_controls(self) -> None:
         cols = set(self._frame.columns)
         lay = w.Layout
+        groups = {"config": ["config"], "task": TASK_TYPE_COLUMNS, "domain": ["domain"],
+                  "answer_from": ["answer_from"]}
+        values = (self._source.distinct(groups) if self._source is not None
+                  else {k: _distinct(self._frame, v) for k, v in groups.items()})
         self._search = w.Text(description="search", placeholder="text (Enter to apply)",
                               continuous_update=False, layout=lay(width="320px"))
         self._regex = w.Checkbox(description="regex", indent=False, layout=lay(width="80px"))
         self._fields = w.SelectMultiple(options=self._text_cols, description="in fields",
                                         rows=min(4, max(1, len(self._text_cols))))
-        self._config_values = _distinct(self._frame, ["config"])
+        self._config_values = values["config"]
         self._configs = w.SelectMultiple(options=self._config_values, description="config",
                                          rows=min(6, max(1, len(self._config_values))),
                                          tooltip="none selected = all")
-        self._task_values = _distinct(self._frame, TASK_TYPE_COLUMNS)
+        self._task_values = values["task"]
         self._task_type = w.Dropdown(options=[ANY, *self._task_values], description="task type")
-        self._domain_values = _distinct(self._frame, ["domain"])
+        self._domain_values = values["domain"]
         self._domain = w.Dropdown(options=[ANY, *self._domain_values], description="domain")
-        self._answer_values = _distinct(self._frame, ["answer_from"])
+        self._answer_values = values["answer_from"]
         self._answer_from = w.Dropdown(
             options=[ANY, *(v if v else "(empty)" for v in self._answer_values)], description="answer")
         self._human = w.Dropdown(options=[ANY, "True", "False"], description="verified")
@@ -299,6 +331,14 @@ class DatasetBrowser(Displayable):
         self._prev = w.Button(description="◀ Prev", layout=lay(width="80px"))
         self._next = w.Button(description="Next ▶", layout=lay(width="80px"))
         self._status = w.Label()
+        # Lazy sources: how far a filter's scan has got, and a button to finish it (exact count).
+        self._progress = w.IntProgress(min=0, max=max(1, self._source.n_chunks) if self._source else 1,
+                                       description="scanned", layout=lay(width="300px"))
+        self._count_all = w.Button(description="count all", layout=lay(width="100px"),
+                                   tooltip="scan to the end for the exact number of matches")
+        if self._source is None:
+            self._progress.layout.display = "none"
+            self._count_all.layout.display = "none"
         self._page_view = w.HTML()
         self._record = w.Dropdown(description="record", layout=lay(width="480px"))
         self._record_view = w.HTML()
@@ -335,6 +375,8 @@ class DatasetBrowser(Displayable):
                 rows.append(w.HBox(group))
         rows += [w.HBox([self._prev, self._next, self._status]), self._page_view,
                  self._record, self._record_view]
+        if self._source is not None:
+            rows.insert(len(rows) - 3, w.HBox([self._progress, self._count_all]))
         self.widget = w.VBox(rows)
 
         self._search.observe(lambda ch: self._on_control({"text": ch["new"]}), names="value")
@@ -356,6 +398,7 @@ class DatasetBrowser(Displayable):
         self._page_size.observe(lambda ch: self._on_control({"page_size": int(ch["new"])}), names="value")
         self._prev.on_click(lambda _b: self.prev_page())
         self._next.on_click(lambda _b: self.next_page())
+        self._count_all.on_click(lambda _b: self.count_all())
         self._record.observe(lambda ch: None if self._syncing or ch["new"] is None
                              else self.select(int(ch["new"])), names="value")
 
@@ -381,17 +424,61 @@ class DatasetBrowser(Displayable):
         if "page" not in changes and (refilter or new.page_size != old.page_size) and not force:
             new = replace(new, page=0)
         self._query = new
+        if self._source is not None:
+            self._apply_lazy(refilter)
+        else:
+            if refilter:
+                try:
+                    self._filtered = filter_frame(self._frame, self._query)
+                    self._error = None
+                except ValueError as e:
+                    self._filtered = self._frame.head(0)
+                    self._error = str(e)
+            last = page_count(self._filtered.height, self._query.page_size) - 1
+            if not 0 <= self._query.page <= last:
+                self._query = replace(self._query, page=min(max(self._query.page, 0), last))
+            self._page = page_of(self._filtered, self._query)
+        self._render()
+
+    def _apply_lazy(self, refilter: bool) -> None:
+        """Lazy source: read only this page's chunks; a filter scans on just far enough to fill the page."""
+        src = self._source
+        assert src is not None
+        q = self._query
         if refilter:
+            self._error = None
+            self._scan = None
             try:
-                self._filtered = filter_frame(self._frame, self._query)
-                self._error = None
+                expr = filter_expr(self._frame, q)
+                if expr is not None:
+                    self._scan = MatchScan(src, expr, tuple(expr.meta.root_names()))
             except ValueError as e:
-                self._filtered = self._frame.head(0)
                 self._error = str(e)
-        last = page_count(self._filtered.height, self._query.page_size) - 1
-        if not 0 <= self._query.page <= last:
-            self._query = replace(self._query, page=min(max(self._query.page, 0), last))
-        self._page = page_of(self._filtered, self._query)
+            self._progress.value = 0
+        if self._error:
+            self._query = replace(q, page=0)
+            self._page = self._frame.head(0)
+            return
+        page = max(q.page, 0)
+        if self._scan is None:
+            last = page_count(src.height, q.page_size) - 1
+            page = min(page, last)
+            self._page = src.rows(page * q.page_size, q.page_size)
+        else:
+            self._scan.ensure((page + 1) * q.page_size, progress=self._on_progress)
+            last = page_count(self._scan.found, q.page_size) - 1
+            page = min(page, last)
+            self._page = self._scan.rows(page * q.page_size, q.page_size)
+        self._query = replace(q, page=page)
+
+    def _on_progress(self, scanned: int) -> None:
+        self._progress.value = scanned
+        src = self._source
+        if self._scan is not None and src is not None:
+            self._status.value = (f"scanning… {scanned:,} of {src.n_chunks:,} {src.what}, "
+                                  f"{self._scan.found:,} matching so far")
+
+    def _render(self) -> None:
         if self._error:
             self._page_view.value = f'<p style="color:#b00">{esc(self._error)}</p>'
         else:
@@ -403,6 +490,9 @@ class DatasetBrowser(Displayable):
             self._show_record(None)
 
     def _length_max(self, name: str) -> int:
+        if name not in self._max_len and self._source is not None:
+            # A full pass over a text column is most of the file: use a fixed range instead.
+            self._max_len[name] = LAZY_LENGTH_MAX
         if name not in self._max_len:
             m = (self._frame.select(_as_text(self._frame, name).str.len_chars().max()).item()
                  if name in self._frame.columns else None)
@@ -439,7 +529,7 @@ class DatasetBrowser(Displayable):
             self._human.index = {None: 0, True: 1, False: 2}[q.human_verified]
             if q.length_field in self._text_cols:
                 self._length_field.value = q.length_field
-                top = self._length_max(q.length_field)
+                top = max(self._length_max(q.length_field), q.min_len or 0, q.max_len or 0)
                 self._length.max = top
                 lo = min(q.min_len or 0, top)
                 hi = top if q.max_len is None else min(max(q.max_len, lo), top)
@@ -447,12 +537,16 @@ class DatasetBrowser(Displayable):
             if q.page_size not in self._page_size.options:
                 self._page_size.options = sorted({*self._page_size.options, q.page_size})
             self._page_size.value = q.page_size
-            n_pages = page_count(self._filtered.height, q.page_size)
             self._prev.disabled = q.page <= 0
-            self._next.disabled = q.page >= n_pages - 1
-            if self._error:
+            if self._source is not None:
+                self._sync_lazy_status()
+            elif self._error:
+                n_pages = page_count(self._filtered.height, q.page_size)
+                self._next.disabled = q.page >= n_pages - 1
                 self._status.value = f"⚠ {self._error}"
             else:
+                n_pages = page_count(self._filtered.height, q.page_size)
+                self._next.disabled = q.page >= n_pages - 1
                 n = self._filtered.height
                 self._status.value = (f"page {q.page + 1} of {n_pages} · "
                                       f"{n:,} matching record{'' if n == 1 else 's'}")
@@ -461,6 +555,49 @@ class DatasetBrowser(Displayable):
             self._record.disabled = self._page.height == 0
         finally:
             self._syncing = False
+
+    def _sync_lazy_status(self) -> None:
+        src, scan, q = self._source, self._scan, self._query
+        assert src is not None
+        read = len({i for i, _ in src.reads})
+        if self._error:
+            self._next.disabled = True
+            self._count_all.disabled = True
+            self._status.value = f"⚠ {self._error}"
+            return
+        if scan is None:
+            n_pages = page_count(src.height, q.page_size)
+            self._next.disabled = q.page >= n_pages - 1
+            self._count_all.disabled = True
+            self._progress.value = 0
+            self._status.value = (f"page {q.page + 1} of {n_pages:,} · {src.height:,} records "
+                                  f"(lazy: {read:,} of {src.n_chunks:,} {src.what} read so far)")
+            return
+        n = scan.found
+        n_pages = page_count(n, q.page_size)
+        self._progress.value = scan.scanned
+        self._count_all.disabled = scan.done
+        if scan.done:
+            self._next.disabled = q.page >= n_pages - 1
+            self._status.value = (f"page {q.page + 1} of {n_pages:,} · "
+                                  f"{n:,} matching record{'' if n == 1 else 's'}")
+        else:
+            self._next.disabled = False
+            self._status.value = (f"page {q.page + 1} · at least {n:,} matching records "
+                                  f"(scanned {scan.scanned:,} of {src.n_chunks:,} {src.what}; "
+                                  "'count all' for the exact number)")
+
+    def count_all(self) -> int:
+        """The exact number of records matching the current filters (a lazy source scans to its end)."""
+        if self._source is None:
+            return self._filtered.height
+        if self._error:
+            return 0
+        if self._scan is None:
+            return self._source.height
+        self._scan.ensure(self._source.height + 1, progress=self._on_progress)
+        self._sync_controls()
+        return self._scan.found
 
     @staticmethod
     def _record_label(i: int, row: dict[str, Any]) -> str:
@@ -501,9 +638,19 @@ class DatasetBrowser(Displayable):
         self._show_record(i)
 
     @property
-    def frame(self) -> pl.DataFrame:
-        """The frame being browsed (unfiltered)."""
-        return self._frame
+    def lazy(self) -> bool:
+        """True when the browser reads its source a chunk at a time (a parquet path, a LazyFrame)."""
+        return self._source is not None
+
+    @property
+    def source(self) -> LazySource | None:
+        """The lazy source (None for an in-memory frame)."""
+        return self._source
+
+    @property
+    def frame(self) -> pl.DataFrame | pl.LazyFrame:
+        """The frame being browsed (unfiltered); a LazyFrame for a lazy source (collecting it reads it all)."""
+        return self._source.lazy() if self._source is not None else self._frame
 
     @property
     def query(self) -> BrowserQuery:
@@ -511,9 +658,14 @@ class DatasetBrowser(Displayable):
         return self._query
 
     @property
-    def filtered(self) -> pl.DataFrame:
-        """All rows matching the current filters."""
-        return self._filtered
+    def filtered(self) -> pl.DataFrame | pl.LazyFrame:
+        """All rows matching the current filters; a LazyFrame for a lazy source."""
+        if self._source is None:
+            return self._filtered
+        lf = self._source.lazy()
+        if self._error:
+            return lf.head(0)
+        return lf if self._scan is None else lf.filter(self._scan.predicate)
 
     @property
     def page_frame(self) -> pl.DataFrame:
@@ -552,13 +704,14 @@ class DatasetBrowser(Displayable):
         return tuple(k for k, v in self._visible.items() if v)
 
     def __repr__(self) -> str:
-        return f"<DatasetBrowser {self._frame.height:,} records: {self.status_text}>"
+        n = self._source.height if self._source is not None else self._frame.height
+        return f"<DatasetBrowser {n:,} records{' (lazy)' if self._source else ''}: {self.status_text}>"
 
 
 _SUPPORTED = ("polars DataFrame or LazyFrame, pandas DataFrame, datasets.Dataset, "
               "datasets.DatasetDict (with split=), list of dicts, or a path to a "
-              ".parquet, .jsonl/.json (JSON Lines; also .jsonl.gz, .jsonl.zst) or .csv file, or a "
-              "datasets save_to_disk folder")
+              ".parquet (read lazily), .jsonl/.json (JSON Lines; also .jsonl.gz, .jsonl.zst) or .csv file, "
+              "a folder of parquet shards (read lazily), or a datasets save_to_disk folder")
 
 
 #: Files ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` write at a folder's top.
@@ -569,7 +722,8 @@ def _load_from_disk(path: Path) -> Any:
     """A folder written by ``save_to_disk`` (a Dataset or a DatasetDict), opened with ``datasets``."""
     if not any((path / n).is_file() for n in SAVED_DATASET_FILES):
         raise ValueError(f"{path} is a folder but not a saved Hugging Face dataset (no dataset_dict.json or "
-                         "state.json): pass one of its files, or a folder written by save_to_disk")
+                         "state.json) nor a folder of .parquet files: pass one of its files, a folder of "
+                         "parquet shards, or a folder written by save_to_disk")
     import datasets
 
     return datasets.load_from_disk(str(path))
@@ -597,10 +751,14 @@ def _read_jsonl(path: Path) -> pl.DataFrame:
 _FRAME_ONLY_KEYS = {"record_id", "source_file", "task_type_major", "task_type_minor"}
 
 
-def _unpack_task_type(frame: pl.DataFrame) -> pl.DataFrame:
-    """Raw CQIA records hold ``task_type: {major, minor}``; the schema has two list columns."""
-    dtype = frame.schema.get("task_type")
-    if not isinstance(dtype, pl.Struct) or any(c in frame.columns for c in TASK_TYPE_COLUMNS):
+def _unpack_task_type(frame: Any) -> Any:
+    """Raw CQIA records hold ``task_type: {major, minor}``; the schema has two list columns.
+
+    Works on a DataFrame or a LazyFrame.
+    """
+    schema = frame.collect_schema() if isinstance(frame, pl.LazyFrame) else frame.schema
+    dtype = schema.get("task_type")
+    if not isinstance(dtype, pl.Struct) or any(c in schema for c in TASK_TYPE_COLUMNS):
         return frame
     names = {f.name for f in dtype.fields}
     return frame.with_columns(
@@ -608,8 +766,26 @@ def _unpack_task_type(frame: pl.DataFrame) -> pl.DataFrame:
         for part in ("major", "minor") if part in names)
 
 
-def _to_frame(obj: Any, split: str) -> pl.DataFrame:
+def _to_frame(obj: Any, split: str) -> pl.DataFrame | LazySource:
+    if isinstance(obj, pl.LazyFrame):
+        return LazyFrameSource(obj, post=_unpack_task_type)
+    if isinstance(obj, (str, Path)):
+        path = Path(obj).expanduser()
+        lazy = _lazy_parquet(path)
+        if lazy is not None:
+            return lazy
     return _unpack_task_type(_to_frame_as_is(obj, split))
+
+
+def _lazy_parquet(path: Path) -> ParquetSource | None:
+    """A parquet file, or a folder of parquet shards (not a save_to_disk folder), opened lazily."""
+    if path.is_file() and Path(data_name(path)).suffix.lower() == ".parquet" and data_name(path) == path.name:
+        return ParquetSource([path], post=_unpack_task_type)
+    if path.is_dir() and not any((path / n).is_file() for n in SAVED_DATASET_FILES):
+        shards = parquet_paths(path)
+        if shards:
+            return ParquetSource(shards, post=_unpack_task_type)
+    return None
 
 
 def _to_frame_as_is(obj: Any, split: str) -> pl.DataFrame:
@@ -666,6 +842,11 @@ def browse(obj: Any, *, split: str = "train", page_size: int = 10, **query: Any)
     """A :class:`DatasetBrowser` over ``obj`` (see ``_SUPPORTED``); ``query`` sets initial filters.
 
     Example: ``browse("dropped.parquet", text="广告", configs=("xhs",))``.
+
+    A parquet file or folder of shards, and a polars LazyFrame, are browsed lazily: opening reads
+    the footers (schema, row count) and the values of the small label columns, a page reads only
+    the row groups it shows, and a filter scans row group by row group (only the columns it uses)
+    until the page is full; "count all" finishes the scan for the exact number of matches.
     """
     unknown = sorted(set(query) - _QUERY_FIELDS)
     if unknown:

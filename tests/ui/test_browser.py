@@ -522,7 +522,7 @@ def test_browse_list_of_dicts() -> None:
 
 def test_browse_parquet_csv_json(frame: pl.DataFrame, tmp_path: Path) -> None:
     frame.write_parquet(tmp_path / "f.parquet")
-    assert browse(tmp_path / "f.parquet").frame.equals(frame)
+    assert browse(tmp_path / "f.parquet").frame.collect().equals(frame)  # lazy: a LazyFrame
     flat = frame.select("record_id", "config", "instruction", "output", "human_verified")
     flat.write_csv(tmp_path / "f.csv")
     b = browse(str(tmp_path / "f.csv"))
@@ -580,3 +580,147 @@ def test_browse_unsupported_inputs(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_text("x")
     with pytest.raises(ValueError, match=r"\.txt"):
         browse(tmp_path / "f.txt")
+
+
+# ----------------------------------------------------------------------------- lazy parquet
+
+ROWS_PER_GROUP = 25
+
+
+def big_frame(n_copies: int = 8) -> pl.DataFrame:
+    """make_frame() repeated with distinct record ids: 184 rows, the hostile records in every copy."""
+    parts = [make_frame().with_columns((pl.col("record_id") + f"#{k}").alias("record_id"))
+             for k in range(n_copies)]
+    return pl.concat(parts)
+
+
+@pytest.fixture
+def row_group_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, tuple[str, ...] | None]]:
+    """Every pyarrow row-group read as (file name, row group, columns); polars' eager readers fail."""
+    import pyarrow.parquet as pq
+
+    log: list[tuple[str, int, tuple[str, ...] | None]] = []
+    real = pq.ParquetFile.read_row_group
+
+    def counted(self: Any, i: int, columns: Any = None, **kw: Any) -> Any:
+        log.append(("", i, None if columns is None else tuple(columns)))
+        return real(self, i, columns=columns, **kw)
+
+    def no_eager(*_a: Any, **_k: Any) -> Any:
+        raise AssertionError("the lazy browser read the whole file")
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    monkeypatch.setattr(pq.ParquetFile, "read", no_eager)
+    monkeypatch.setattr(pl, "read_parquet", no_eager)
+    return log
+
+
+def full_reads(log: list[tuple[str, int, Any]]) -> list[int]:
+    return [g for _f, g, cols in log if cols is None]
+
+
+def test_lazy_parquet_opens_and_pages_reading_only_the_row_groups_shown(
+        tmp_path: Path, row_group_reads: list[Any]) -> None:
+    big = big_frame()
+    path = tmp_path / "big.parquet"
+    big.write_parquet(path, row_group_size=ROWS_PER_GROUP)
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(path).num_row_groups == 8
+    b = browse(path, page_size=10)
+    assert b.lazy and b.source is not None and b.source.height == big.height
+    assert full_reads(row_group_reads) == [0]  # the first page only
+    assert b.page_frame.equals(big.head(10))
+    assert f"{big.height:,} records" in b.status_text and "1 of 8 row groups read" in b.status_text
+    # Rows 20..29 straddle row groups 0 and 1; rows 150..159 are in group 6 alone.
+    row_group_reads.clear()
+    b.set_query(page=2)
+    assert b.page_frame.equals(big.slice(20, 10)) and full_reads(row_group_reads) == [0, 1]
+    row_group_reads.clear()
+    b.set_query(page=15)
+    assert b.page_frame.equals(big.slice(150, 10)) and full_reads(row_group_reads) == [6]
+    row_group_reads.clear()
+    b.set_query(page=10_000)  # clamped to the last page: group 7 only
+    assert b.query.page == 18 and b.page_frame.equals(big.slice(180, 10))
+    assert full_reads(row_group_reads) == [7] and b.controls["configs"].options  # labels were scanned
+    b.set_query(page=0)
+    assert_escaped(b.page_html + b.record_html)  # untrusted text escaped as before
+
+
+def test_lazy_search_matches_eager_and_stops_early(tmp_path: Path, row_group_reads: list[Any]) -> None:
+    big = big_frame()
+    path = tmp_path / "big.parquet"
+    big.write_parquet(path, row_group_size=ROWS_PER_GROUP)
+    lazy_b, eager_b = browse(path, page_size=5), browse(big, page_size=5)
+    assert not eager_b.lazy
+    queries: list[dict[str, Any]] = [
+        {"text": "abc"}, {"text": "a.c", "regex": True}, {"text": "问题 1"}, {"configs": ("zhihu", "exam")},
+        {"task_type": "考试"}, {"domain": "社会"}, {"answer_from": ""}, {"human_verified": False},
+        {"min_len": 30, "max_len": 100}, {"text": "nothing like this"},
+    ]
+    reset: dict[str, Any] = {"text": "", "regex": False, "configs": (), "task_type": None, "domain": None,
+                             "answer_from": None, "human_verified": None, "min_len": None, "max_len": None}
+    for q in queries:
+        eager_b.set_query(**{**reset, **q})
+        lazy_b.set_query(**{**reset, **q})
+        expected = filter_frame(big, lazy_b.query)
+        assert eager_b.filtered.equals(expected), q
+        got = []
+        while True:
+            got.append(lazy_b.page_frame)
+            if lazy_b._next.disabled:
+                break
+            lazy_b.next_page()
+        assert pl.concat(got).equals(expected), q
+        assert lazy_b.count_all() == expected.height == eager_b.count_all(), q
+        assert lazy_b.filtered.collect().equals(expected), q
+        if expected.height:
+            assert f"{expected.height:,} matching" in lazy_b.status_text
+    # A search whose first page is in row group 0 scans group 0 (search columns only) and stops.
+    lazy_b.set_query(text="", configs=())
+    row_group_reads.clear()
+    lazy_b.set_query(text="问题")
+    assert [g for _f, g, _c in row_group_reads] == [0, 0]
+    assert row_group_reads[0][2] is not None and set(row_group_reads[0][2]) <= {"instruction", "input", "output"}
+    assert "at least 20 matching" in lazy_b.status_text and lazy_b._progress.value == 1
+    # Invalid regex: the error, as for a frame.
+    lazy_b.set_query(text="(", regex=True)
+    assert lazy_b.error and "invalid regular expression" in lazy_b.status_text
+
+
+def test_lazy_parquet_folder_of_shards(tmp_path: Path, row_group_reads: list[Any]) -> None:
+    big = big_frame()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k, start in enumerate((0, 60, 130)):
+        big.slice(start, {0: 60, 1: 70, 2: 54}[k]).write_parquet(shards / f"part-{k:02d}.parquet",
+                                                                  row_group_size=ROWS_PER_GROUP)
+    b = browse(shards, page_size=10)
+    assert b.lazy and b.source.height == big.height and len(b.source.paths) == 3
+    assert full_reads(row_group_reads) == [0]
+    b.set_query(page=5)  # rows 50..59 (shard 0) ... rows 60..69 are shard 1's first
+    assert b.page_frame.equals(big.slice(50, 10))
+    b.set_query(page=6)
+    assert b.page_frame.equals(big.slice(60, 10))
+    b.set_query(configs=("xhs",))
+    assert b.count_all() == 8 and b.filtered.collect().equals(big.filter(pl.col("config") == "xhs"))
+
+
+def test_lazyframe_is_browsed_lazily(frame: pl.DataFrame) -> None:
+    lf = big_frame().lazy()
+    b = browse(lf, page_size=7)
+    assert b.lazy and b.page_frame.equals(big_frame().head(7))
+    b.set_query(text="abc")
+    assert b.count_all() == 8
+
+
+def test_lazy_raw_cqia_parquet_unpacks_task_type(tmp_path: Path) -> None:
+    # Raw records keep task_type as a struct; a lazy scan reads `task_type` for a task-type filter.
+    pl.from_dicts(raw_records() * 20).write_parquet(tmp_path / "raw.parquet", row_group_size=7)
+    b = browse(tmp_path / "raw.parquet", page_size=5)
+    assert b.lazy and "task_type_major" in b.page_frame.columns
+    assert b.controls["task_type"].options == ("(any)", "知乎问答", "问答")
+    b.set_query(task_type="知乎问答")
+    assert b.error is None and b.count_all() == 60
+    b.set_query(task_type="nope")
+    assert b.count_all() == 0 and "no matching records" in b.page_html
