@@ -58,6 +58,7 @@ from cqia_nb.filter.rules.markup import (  # noqa: F401
 )
 from cqia_nb.filter.rules.outliers import (  # noqa: F401
     PLACEHOLDERS,
+    WEAK_PLACEHOLDERS,
     PlaceholderAnswerFilter,
     RepeatedTailFilter,
     ShortAnswerFilter,

@@ -20,23 +20,27 @@ from cqia_nb.filter.rules.common import FieldSpec, TextFilter, fmt, parse_fields
 
 #: Characters that are not letters, digits or CJK: stripped before answers are measured.
 _NOT_VISIBLE = r"[\s\p{P}\p{S}\p{Cf}\p{Cc}\p{Z}]"
-#: Requests whose right answer may be a letter, a word or a yes/no: options listed (A. B. …),
-#: choice / true-false / fill-in / classification / extraction / translation wording, factoid
-#: questions (who, which, how many, which year) — unless the request also asks for an explanation.
-CLOSED_OPTIONS = r"(?:^|[\s（(:：])[A-Ea-e][.．、:：)）]|选项|[单多]选|选择题|判断|是否|对吗|对不对|是不是"
-CLOSED_WORDING = (r"填空|_{2,}|（\s*）|\(\s*\)|分类|类别|标签|情感|抽取|提取|实体|关键词|只需|直接回答|简短回答|一个词|成语"
-                  r"|翻译|缩写|谁|哪[个项一些种位里年儿国座部]|多少|几[个年岁次种天]|什么时候|何时|答案|等于|计算"
+#: Requests whose right answer may be a letter, a word or a number: options listed (A. B. …),
+#: choice / true-false / fill-in / classification / extraction wording, factoid questions (who,
+#: how many, which year, "……是？") — the wording ones unless the request also asks for an
+#: explanation. Yes/no wording (是不是, 是否) is not closed: in CQIA such questions (ruozhiba,
+#: human_value) are answered at length, and the group statistics decide.
+CLOSED_OPTIONS = r"(?:^|[\s（(:：])[A-Ea-e][.．、:：)）]|选项|[单多]选|选择题|判断题|判断正误|对的打"
+CLOSED_WORDING = (r"填空|_{2,}|（\s*）|\(\s*\)|分类|类别|标签|情感倾向|抽取|提取|实体|关键词|只需|直接回答|简短回答|一个词"
+                  r"|成语|缩写|谁|多少|几[个年岁次种天]|什么时候|何时|哪一年|等于|计算"
                   # a question that ends "……是？" asks for a name or a number
                   r"|(?:是|为|有)[？?]\s*\z")
 OPEN_WORDING = (r"解释|介绍|描述|写一|写出|撰写|创作|续写|谈谈|谈一谈|说说|讲讲|分析|论述|阐述|评价|怎么看|看法|为什么|为何"
-                r"|如何|怎样|怎么|建议|体验|感受|心得|总结|概括|讨论|说明|详细|理由|原因|区别|步骤|方法")
+                r"|如何|怎样|怎么|建议|体验|感受|心得|总结|概括|讨论|说明|详细|理由|原因|区别|步骤|方法|推断|推理|译为|翻译"
+                r"|释义|意思|含义")
 #: Task types (``task_type_major`` / ``task_type_minor``) whose answers are labels or short spans.
 CLOSED_TASK_TYPES = r"分类|意图|语义分析|推理|抽取|匹配|判断|选择|实体|关键词"
-#: Placeholder answers: what a record holds when nobody wrote the answer.
+#: Placeholder answers: what a record holds when nobody wrote the answer. Never a real answer.
 PLACEHOLDERS: tuple[str, ...] = (
-    "无", "略", "同上", "见上", "见下", "如上", "暂无", "无答案", "没有答案", "省略", "此处省略", "待补充", "待定",
-    "不知道", "空", "na", "n/a", "none", "null", "todo", "tbd", "-",
+    "略", "同上", "见上", "见下", "如上", "详见上文", "省略", "此处省略", "待补充", "待定", "todo", "tbd",
 )
+#: Placeholders that are also a right answer to some closed requests ("无" to "抽取文中的人名").
+WEAK_PLACEHOLDERS: tuple[str, ...] = ("无", "暂无", "无答案", "没有答案", "不知道", "空", "na", "n/a", "none", "null")
 
 
 def _visible_len(spec: tuple[str, ...]) -> pl.Expr:
@@ -130,7 +134,7 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
     task type) if it has ``min_group`` records, else the config, else the whole frame. The
     statistics come from the frame being filtered, so each config keeps its own idea of normal.
 
-    Dropped when ``value < -max_z`` and the answer has at most ``max_chars`` visible characters
+    Dropped when ``value < -max_z`` (2.0) and the answer has at most ``max_chars`` visible characters
     and the request is open (``closed_request`` is false: no options, no choice / fill-in /
     classification / extraction / factoid wording, not a classification or extraction task type).
     Null (kept) for closed requests and answers over ``max_chars``. So "A" to a multiple-choice exam question stays (closed; and
@@ -144,7 +148,7 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
     name = "short_answer"
     description = "answer a few characters long where the group's answers are long (robust z)"
     threshold_fields = ("max_z",)
-    max_z: float = 3.5
+    max_z: float = 2.0
     max_chars: int = 10
     min_mad: float = 0.25
 
@@ -166,12 +170,12 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
 @register
 @dataclasses.dataclass
 class PlaceholderAnswerFilter(_GroupedAnswerFilter):
-    """Placeholder answers — "无", "略", "同上", "见上", "暂无", "不知道", "N/A" … (``PLACEHOLDERS``
-    plus ``extra``; compared after removing whitespace, punctuation and symbols and lower-casing)
-    or punctuation only ("。", "……") — to open requests in a group whose answers are normally long
-    (median visible length >= ``min_group_median``). Value 1 for such records, 0 otherwise, null
-    (kept) for closed requests ("无" is a right answer to "抽取文中的人名", "不是" to a yes/no
-    question).
+    """Placeholder answers in a group whose answers are normally long (median visible length >=
+    ``min_group_median``): "略", "同上", "见上", "待补充" … (``PLACEHOLDERS`` plus ``extra``) or
+    punctuation only ("。", "……") whatever the request, and "无", "暂无", "不知道", "N/A" …
+    (``WEAK_PLACEHOLDERS``) to open requests only ("无" is a right answer to "抽取文中的人名").
+    Compared after removing whitespace, punctuation and symbols and lower-casing. Value 1 for
+    such records, else 0.
     """
 
     name = "placeholder_answer"
@@ -183,14 +187,15 @@ class PlaceholderAnswerFilter(_GroupedAnswerFilter):
         return text_expr(self._fields).str.to_lowercase().str.replace_all(_NOT_VISIBLE, "")
 
     def measure(self, frame: pl.DataFrame) -> pl.Series:
-        words = sorted({re.sub(r"[\s\W_]+", "", w.lower()) for w in (*PLACEHOLDERS, *self.extra)} - {""})
+        def norm_set(ws):
+            return sorted({re.sub(r"[\s\W_]+", "", w.lower()) for w in ws} - {""})
+
         norm = series_of(frame, self._norm(), "n")
-        placeholder = (norm.is_in(words) | (norm == "")).to_numpy()
+        strong = (norm.is_in(norm_set((*PLACEHOLDERS, *self.extra))) | (norm == "")).to_numpy()
+        weak = norm.is_in(norm_set(WEAK_PLACEHOLDERS)).to_numpy() & ~closed_request(frame, self._prompt).to_numpy()
         _, med, _ = self._log_stats(frame)
         long_group = np.expm1(med) >= self.min_group_median
-        out = (placeholder & long_group).astype(np.float64)
-        out[closed_request(frame, self._prompt).to_numpy()] = np.nan
-        return pl.Series("value", out).fill_nan(None)
+        return pl.Series("value", ((strong | weak) & long_group).astype(np.float64))
 
     def keep(self, values: pl.Series) -> pl.Series:
         return values < 0.5
