@@ -278,18 +278,19 @@ def exact_duplicates(frame: pl.DataFrame, fields: Sequence[str] = DEFAULT_FIELDS
 
 
 def answer_similarity(a: str, b: str) -> float:
-    """Jaccard similarity of the character bigram sets of two (normalised) answers; short answers
-    (under ``SHORT_ANSWER`` characters, labels such as ``{"PREDICTION": "1"}``) must be equal."""
+    """Jaccard similarity of the character bigram sets of two (normalised) answers (1.0 when equal;
+    a one-character answer is its own bigram)."""
     if a == b:
         return 1.0
-    if min(len(a), len(b)) < SHORT_ANSWER:
+    if min(len(a), len(b)) < 2:
         return 0.0
     x = {a[i:i + 2] for i in range(len(a) - 1)}
     y = {b[i:i + 2] for i in range(len(b) - 1)}
     return len(x & y) / len(x | y)
 
 
-#: Answers shorter than this (normalised characters) are near duplicates only when equal.
+#: Pairs with an answer shorter than this (normalised characters: labels) also need whole-text
+#: similarity >= ``short_answer_threshold``: one template filled with different inputs shares them.
 SHORT_ANSWER = 20
 
 
@@ -318,7 +319,7 @@ def near_duplicates(frame: pl.DataFrame, config: MinHashConfig | None = None,
     (``answer_similarity`` of the ``answer_field`` parts >= this), so records that share a long
     prompt — sub-questions on one reading passage, one classification template filled with
     different texts — but answer differently are not duplicates. Pairs whose answer is short
-    (under ``SHORT_ANSWER`` characters: labels) need equal answers and whole-text similarity >=
+    (under ``SHORT_ANSWER`` characters: labels) also need whole-text similarity >=
     ``short_answer_threshold``. None: whole text only.
     """
     config = config or MinHashConfig()
@@ -413,8 +414,8 @@ class NearDedup(_DedupFilter, MinHashConfig):
     Parameters: the :class:`MinHashConfig` fields (ngram, num_perm, threshold, bands, rows, seed,
     weights, verify, shingle_hash; inherited, so defined once), plus fields, survivor and
     normalize as for ``exact_dedup``, and ``answer_min_similarity`` (``near_duplicates``): a pair
-    also needs similar outputs (character-bigram Jaccard; short answers must be equal and the
-    whole texts at least ``short_answer_threshold`` similar).
+    also needs similar outputs (character-bigram Jaccard; with short answers the whole texts
+    must also be at least ``short_answer_threshold`` similar).
     """
 
     name: ClassVar[str] = "near_dedup"

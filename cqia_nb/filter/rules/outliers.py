@@ -102,7 +102,7 @@ class _GroupedAnswerFilter(TextFilter):
     field: FieldSpec = "output"
     prompt: FieldSpec = "instruction+input"
     group_by: tuple[str, ...] = ("config", "task_type_major")
-    min_group: int = 30
+    min_group: int = 20
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -170,10 +170,10 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
 @register
 @dataclasses.dataclass
 class PlaceholderAnswerFilter(_GroupedAnswerFilter):
-    """Placeholder answers in a group whose answers are normally long (median visible length >=
-    ``min_group_median``): "略", "同上", "见上", "待补充" … (``PLACEHOLDERS`` plus ``extra``) or
-    punctuation only ("。", "……") whatever the request, and "无", "暂无", "不知道", "N/A" …
-    (``WEAK_PLACEHOLDERS``) to open requests only ("无" is a right answer to "抽取文中的人名").
+    """Placeholder answers: "略", "同上", "见上", "待补充" … (``PLACEHOLDERS`` plus ``extra``; never
+    an answer) always, and "无", "暂无", "不知道", "N/A" … (``WEAK_PLACEHOLDERS``) or punctuation
+    only ("。", "……") when the request is open and its group's answers are normally long (median
+    visible length >= ``min_group_median``): "无" is a right answer to "抽取文中的人名".
     Compared after removing whitespace, punctuation and symbols and lower-casing. Value 1 for
     such records, else 0.
     """
@@ -191,11 +191,12 @@ class PlaceholderAnswerFilter(_GroupedAnswerFilter):
             return sorted({re.sub(r"[\s\W_]+", "", w.lower()) for w in ws} - {""})
 
         norm = series_of(frame, self._norm(), "n")
-        strong = (norm.is_in(norm_set((*PLACEHOLDERS, *self.extra))) | (norm == "")).to_numpy()
-        weak = norm.is_in(norm_set(WEAK_PLACEHOLDERS)).to_numpy() & ~closed_request(frame, self._prompt).to_numpy()
+        strong = norm.is_in(norm_set((*PLACEHOLDERS, *self.extra))).to_numpy()
+        weak = ((norm.is_in(norm_set(WEAK_PLACEHOLDERS)) | (norm == "")).to_numpy()
+                & ~closed_request(frame, self._prompt).to_numpy())
         _, med, _ = self._log_stats(frame)
         long_group = np.expm1(med) >= self.min_group_median
-        return pl.Series("value", ((strong | weak) & long_group).astype(np.float64))
+        return pl.Series("value", (strong | (weak & long_group)).astype(np.float64))
 
     def keep(self, values: pl.Series) -> pl.Series:
         return values < 0.5
