@@ -58,6 +58,11 @@ it in isolation); and every noisy variant is also a near duplicate of its source
 may drop the clean source instead of the noisy variant (a false positive plus a miss). Use
 ``NoiseConfig(replace_sources=True)`` to take the sources of the non-duplicate kinds out of the
 frame when benchmarking a recipe that deduplicates.
+
+Why this module is long: it holds one maker per noise kind (18 kinds, each a few dozen lines of
+templates and edits) next to the scoring that relies on their names and on which kinds are
+duplicates; split apart, the kind list, the makers and the duplicate rule would have to be kept in
+step across modules.
 """
 
 from __future__ import annotations
