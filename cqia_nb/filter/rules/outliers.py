@@ -141,8 +141,11 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
     a short answer is normal there), "不是" in finance intent detection stays (its group's median
     is 2 characters), and "还行" to a zhihu question (median ~500 characters) goes.
 
-    Real CQIA (17,971 records, the default recipe): see the recipe comment and the README; the
-    data was cleaned by its authors, so few records fall here.
+    Defaults ``max_z: 2.0``, ``max_chars: 10``, ``min_group: 20``: the answer cap is what keeps
+    precision (a 10-character answer is short in every open group), the z-score is what spares
+    groups where short answers are normal. Real CQIA (17,971 records): 0 records dropped at the
+    defaults; the only short answers to open-looking requests were factoid questions ("……的两个
+    国家是？", "1+2等于"), which is why their wording counts as closed.
     """
 
     name = "short_answer"
@@ -176,6 +179,10 @@ class PlaceholderAnswerFilter(_GroupedAnswerFilter):
     visible length >= ``min_group_median``): "无" is a right answer to "抽取文中的人名".
     Compared after removing whitespace, punctuation and symbols and lower-casing. Value 1 for
     such records, else 0.
+
+    Default ``min_group_median: 20``: the groups of real CQIA whose answers are labels or spans
+    (finance intent detection, extraction) have medians of 2–10 characters, every open group has
+    70 or more. Real CQIA: 0 records dropped at the defaults (its authors removed such answers).
     """
 
     name = "placeholder_answer"
@@ -241,7 +248,8 @@ class RepeatedTailFilter(TextFilter):
     ``consecutive_repeats`` catches short phrases (2–20 characters, > 4 copies) anywhere; this
     catches long units (a whole sentence or paragraph) with fewer copies, only at the end, where a
     loop stops when the length budget runs out. Sentence lists (poems with refrains, lists of
-    steps) repeat structure, not whole sentences, so they are not counted.
+    steps) repeat structure, not whole sentences, so they are not counted. Real CQIA: 0 records
+    dropped at the default 3 copies, 2 at ``min_repeats: 2``.
     """
 
     name = "repeated_tail"
