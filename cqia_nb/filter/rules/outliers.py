@@ -28,6 +28,8 @@ _NOT_VISIBLE = r"[\s\p{P}\p{S}\p{Cf}\p{Cc}\p{Z}]"
 CLOSED_OPTIONS = r"(?:^|[\s（(:：])[A-Ea-e][.．、:：)）]|选项|[单多]选|选择题|判断题|判断正误|对的打"
 CLOSED_WORDING = (r"填空|_{2,}|（\s*）|\(\s*\)|分类|类别|标签|情感倾向|抽取|提取|实体|关键词|只需|直接回答|简短回答|一个词"
                   r"|成语|缩写|谁|多少|几[个年岁次种天]|什么时候|何时|哪一年|等于|计算"
+                  # a rewrite of one sentence is as short as the sentence ("用文言文表达这句话")
+                  r"|一句话|这句话|这个词|用文言文"
                   # a question that ends "……是？" asks for a name or a number
                   r"|(?:是|为|有)[？?]\s*\z")
 OPEN_WORDING = (r"解释|介绍|描述|写一|写出|撰写|创作|续写|谈谈|谈一谈|说说|讲讲|分析|论述|阐述|评价|怎么看|看法|为什么|为何"
