@@ -34,7 +34,7 @@ def frame(*extra: dict) -> pl.DataFrame:
     an explanation; finance: 30 yes/no intent checks answered "是"/"不是"; plus ``extra``."""
     rows = (_rows("zhihu", "问答", 30, "为什么城市会不断扩张？", LONG)
             + _rows("exam", "试题", 30, "下列说法正确的是（ ） A. 甲 B. 乙 C. 丙 D. 丁", "A。" + LONG)
-            + _rows("finance", "知识问答", 30, "这句话表达的是退款意图吗？", "是"))
+            + _rows("finance", "知识问答", 30, "用户表达的是退款意图吗？", "是"))
     return pl.DataFrame([*rows, *extra])
 
 
@@ -51,7 +51,7 @@ def test_short_answer_keeps_a_one_letter_exam_answer_and_drops_three_chars_to_zh
               {"record_id": "zhihu/x:1", "config": "zhihu", "task_type_major": ["问答"],
                "instruction": "如何评价这部电影？", "input": "", "output": "还行吧"},
               {"record_id": "finance/x:1", "config": "finance", "task_type_major": ["知识问答"],
-               "instruction": "这句话表达的是退款意图吗？", "input": "", "output": "不是"})
+               "instruction": "用户表达的是退款意图吗？", "input": "", "output": "不是"})
     assert dropped("short_answer", f) == {"zhihu/x:1"}
     values = dict(zip(f["record_id"], make_filter("short_answer").measure(f)))
     assert values["exam/x:1"] is None            # multiple choice: a closed request
