@@ -37,6 +37,9 @@ OPEN_WORDING = (r"解释|介绍|描述|写一|写出|撰写|创作|续写|谈谈
                 r"|释义|意思|含义")
 #: Task types (``task_type_major`` / ``task_type_minor``) whose answers are labels or short spans.
 CLOSED_TASK_TYPES = r"分类|意图|语义分析|推理|抽取|匹配|判断|选择|实体|关键词"
+#: Rewrites (translation, style transfer): a right answer is about as long as the text it rewrites.
+TRANSFORM_WORDING = r"翻译|译为|译成|改写|转换|转述|润色|用文言文|用白话"
+TRANSFORM_TASK_TYPES = r"翻译|改写|转换|风格迁移"
 #: Placeholder answers: what a record holds when nobody wrote the answer. Never a real answer.
 PLACEHOLDERS: tuple[str, ...] = (
     "略", "同上", "见上", "见下", "如上", "详见上文", "省略", "此处省略", "待补充", "待定", "todo", "tbd",
@@ -81,14 +84,15 @@ def group_keys(frame: pl.DataFrame, group_by: tuple[str, ...]) -> list[pl.Series
 
 def robust_stats(x: np.ndarray, keys: list[pl.Series], min_group: int) -> tuple[np.ndarray, np.ndarray]:
     """Per record, the median and MAD of ``x`` over its finest group with at least ``min_group``
-    records (coarser levels are the fallback; the last level, everything, always applies)."""
+    values (coarser levels are the fallback; the last level, everything, always applies). NaN
+    values do not count (records left out of the statistics still get their group's)."""
     med = np.full(len(x), np.nan)
     mad = np.full(len(x), np.nan)
     for level, key in enumerate(keys):
         last = level == len(keys) - 1
-        df = pl.DataFrame({"key": key, "x": x})
+        df = pl.DataFrame({"key": key, "x": pl.Series(x, dtype=pl.Float64).fill_nan(None)})
         stats = df.group_by("key").agg(
-            pl.len().alias("n"), pl.col("x").median().alias("med"),
+            pl.col("x").count().alias("n"), pl.col("x").median().alias("med"),
             (pl.col("x") - pl.col("x").median()).abs().median().alias("mad"))
         j = df.select("key").join(stats, on="key", how="left", maintain_order="left")
         ok = (j["n"].to_numpy() >= (1 if last else min_group)) & np.isnan(med)
@@ -121,9 +125,12 @@ class _GroupedAnswerFilter(TextFilter):
         return series_of(frame, _visible_len(self._fields)).to_numpy().astype(np.float64)
 
     def _log_stats(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(log1p(visible length), group median, group MAD) per record."""
+        """(log1p(visible length), group median, group MAD) per record; the statistics come from
+        the open requests only (the labels of closed ones say nothing about a normal answer to an
+        open one: finance mixes intent labels with term explanations)."""
         x = np.log1p(self._lengths(frame))
-        med, mad = robust_stats(x, group_keys(frame, self.group_by), self.min_group)
+        open_x = np.where(closed_request(frame, self._prompt).to_numpy(), np.nan, x)
+        med, mad = robust_stats(open_x, group_keys(frame, self.group_by), self.min_group)
         return x, med, mad
 
 
@@ -139,7 +146,8 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
     Dropped when ``value < -max_z`` (2.0) and the answer has at most ``max_chars`` visible characters
     and the request is open (``closed_request`` is false: no options, no choice / fill-in /
     classification / extraction / factoid wording, not a classification or extraction task type).
-    Null (kept) for closed requests and answers over ``max_chars``. So "A" to a multiple-choice exam question stays (closed; and
+    Null (kept) for closed requests, answers over ``max_chars``, and rewrites (translation, style
+    transfer) whose answer has at least ``min_source_ratio`` of the prompt's visible characters. So "A" to a multiple-choice exam question stays (closed; and
     a short answer is normal there), "不是" in finance intent detection stays (its group's median
     is 2 characters), and "还行" to a zhihu question (median ~500 characters) goes.
 
@@ -156,13 +164,29 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
     max_z: float = 2.0
     max_chars: int = 10
     min_mad: float = 0.25
+    min_source_ratio: float = 0.15
 
     def measure(self, frame: pl.DataFrame) -> pl.Series:
         x, med, mad = self._log_stats(frame)
         z = 0.6745 * (x - med) / np.maximum(mad, self.min_mad)
-        # a long answer is never "cut to a few characters", however unusual its length
-        z[(np.expm1(x) > self.max_chars) | closed_request(frame, self._prompt).to_numpy()] = np.nan
+        # a long answer is never "cut to a few characters", however unusual its length; a rewrite
+        # of a short text (translate one sentence) is short because its source is
+        z[(np.expm1(x) > self.max_chars) | closed_request(frame, self._prompt).to_numpy()
+          | (self._rewrite(frame) & (np.expm1(x) >= self.min_source_ratio * self._prompt_lengths(frame)))] = np.nan
         return pl.Series("value", z).fill_nan(None)
+
+    def _prompt_lengths(self, frame: pl.DataFrame) -> np.ndarray:
+        return series_of(frame, _visible_len(self._prompt)).to_numpy().astype(np.float64)
+
+    def _rewrite(self, frame: pl.DataFrame) -> np.ndarray:
+        """True for translation / rewrite requests (wording or task type)."""
+        e = text_expr(self._prompt).str.contains(TRANSFORM_WORDING)
+        for c in ("task_type_major", "task_type_minor"):
+            if c in frame.columns:
+                col = pl.col(c)
+                joined = col.list.join("|") if isinstance(frame.schema[c], pl.List) else col.cast(pl.String)
+                e = e | joined.fill_null("").str.contains(TRANSFORM_TASK_TYPES)
+        return series_of(frame, e.fill_null(False), "rewrite").to_numpy()
 
     def keep(self, values: pl.Series) -> pl.Series:
         return values >= -self.max_z
