@@ -207,3 +207,20 @@ def test_review_ids_exist_in_the_real_data(real_data):
     ids = set(data.load(source=str(real_data)).frame["record_id"].to_list())
     missing = [r["record_id"] for r in _review() if r["record_id"] not in ids]
     assert not missing
+
+
+def test_drops_are_audited_with_value_and_reason():
+    f = frame({"record_id": "zhihu/x:9", "config": "zhihu", "task_type_major": ["问答"],
+               "instruction": "如何评价这部电影？", "input": "", "output": "还行吧"},
+              {"record_id": "zhihu/x:10", "config": "zhihu", "task_type_major": ["问答"],
+               "instruction": "如何学好数学？", "input": "", "output": "略"},
+              {"record_id": "zhihu/x:11", "config": "zhihu", "task_type_major": ["问答"],
+               "instruction": "如何学好数学？", "input": "", "output": LONG + "多做练习题才是关键。" * 3})
+    res = run_pipeline(f, PipelineConfig.from_dict({"steps": [
+        # "略" is also a short answer: placeholder_answer first so that each rule shows its drop
+        {"filter": "placeholder_answer"}, {"filter": "repeated_tail"}, {"filter": "short_answer"}]}))
+    d = res.dropped.sort("record_id")
+    assert d["record_id"].to_list() == ["zhihu/x:10", "zhihu/x:11", "zhihu/x:9"]
+    assert d["step_name"].to_list() == ["placeholder_answer", "repeated_tail", "short_answer"]
+    assert d["value"].null_count() == 0 and d["detail"].null_count() == 0
+    assert res.steps.filter(pl.col("name") == "short_answer")["dropped"].item() == 1
