@@ -71,7 +71,7 @@ def test_short_answer_statistics_come_from_the_group_not_one_global_threshold():
 
 
 def test_closed_request_wording():
-    f = pl.DataFrame({"instruction": ["下列哪项正确？A. 甲 B. 乙", "1+2等于", "请解释为什么天空是蓝色的",
+    f = pl.DataFrame({"instruction": ["下列哪项正确？A. 甲 B. 乙", "3+5等于", "请解释为什么天空是蓝色的",
                                       "北宋时期谁发明了活字印刷？", "谁是你心中最伟大的作家？请说明理由。"],
                       "input": [""] * 5})
     assert closed_request(f).to_list() == [True, True, False, True, False]

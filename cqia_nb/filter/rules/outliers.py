@@ -154,8 +154,9 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
     Defaults ``max_z: 2.0``, ``max_chars: 10``, ``min_group: 20``: the answer cap is what keeps
     precision (a 10-character answer is short in every open group), the z-score is what spares
     groups where short answers are normal. Real CQIA (17,971 records): 0 records dropped at the
-    defaults; the only short answers to open-looking requests were factoid questions ("……的两个
-    国家是？", "1+2等于"), which is why their wording counts as closed.
+    defaults; the only short answers to open-looking requests were factoid questions (a question
+    ending "……是？" that asks for two names, a sum to complete), which is why such wording counts
+    as closed.
     """
 
     name = "short_answer"
