@@ -277,15 +277,61 @@ def exact_duplicates(frame: pl.DataFrame, fields: Sequence[str] = DEFAULT_FIELDS
     return DedupResult(clusters, _copy_pairs(base), "exact", keep, _check_fields(frame, fields), None, stats)
 
 
+def answer_similarity(a: str, b: str) -> float:
+    """Jaccard similarity of the character bigram sets of two (normalised) answers (1.0 when equal;
+    a one-character answer is its own bigram)."""
+    if a == b:
+        return 1.0
+    if min(len(a), len(b)) < 2:
+        return 0.0
+    x = {a[i:i + 2] for i in range(len(a) - 1)}
+    y = {b[i:i + 2] for i in range(len(b) - 1)}
+    return len(x & y) / len(x | y)
+
+
+#: Pairs with an answer shorter than this (normalised characters: labels) also need whole-text
+#: similarity >= ``short_answer_threshold``: one template filled with different inputs shares them.
+SHORT_ANSWER = 20
+
+
+def _answers_agree(texts: list[str], pairs: np.ndarray, sim: np.ndarray, fields: tuple[str, ...],
+                   answer_field: str, min_similarity: float, short_threshold: float) -> np.ndarray:
+    """Mask over ``pairs`` (text ids): the two texts' ``answer_field`` parts are similar enough;
+    pairs with a short answer also need whole-text similarity >= ``short_threshold`` (an equal
+    label says little: one classification template with different inputs shares it)."""
+    k = fields.index(answer_field)
+    part = [t.split(FIELD_SEP)[k] for t in texts]
+    ok = np.zeros(len(pairs), dtype=bool)
+    for n, (i, j) in enumerate(pairs.tolist()):
+        short = min(len(part[i]), len(part[j])) < SHORT_ANSWER
+        ok[n] = (answer_similarity(part[i], part[j]) >= min_similarity
+                 and (not short or sim[n] >= short_threshold))
+    return ok
+
+
 def near_duplicates(frame: pl.DataFrame, config: MinHashConfig | None = None,
                     fields: Sequence[str] = DEFAULT_FIELDS, keep: str = "first",
-                    normalize: bool = True) -> DedupResult:
-    """Clusters of near-duplicate records by MinHash-LSH (see the module docstring)."""
+                    normalize: bool = True, answer_min_similarity: float | None = None,
+                    answer_field: str = "output", short_answer_threshold: float = 0.8) -> DedupResult:
+    """Clusters of near-duplicate records by MinHash-LSH (see the module docstring).
+
+    ``answer_min_similarity``: a pair found on the whole text also needs similar answers
+    (``answer_similarity`` of the ``answer_field`` parts >= this), so records that share a long
+    prompt — sub-questions on one reading passage, one classification template filled with
+    different texts — but answer differently are not duplicates. Pairs whose answer is short
+    (under ``SHORT_ANSWER`` characters: labels) also need whole-text similarity >=
+    ``short_answer_threshold``. None: whole text only.
+    """
     config = config or MinHashConfig()
     _check_keep(keep)
     t0 = time.perf_counter()
     base, texts = _base(frame, fields, normalize)
     pairs, sim, stats, simfn = similar_texts(texts, config)
+    if answer_min_similarity is not None and answer_field in _check_fields(frame, fields) and len(pairs):
+        ok = _answers_agree(texts, pairs, sim, _check_fields(frame, fields), answer_field,
+                            answer_min_similarity, short_answer_threshold)
+        stats["pairs_without_similar_answers"] = int((~ok).sum())
+        pairs, sim = pairs[ok], sim[ok]
     comp = _components_from_texts(base, len(texts), pairs[:, 0], pairs[:, 1])
     clusters = _assemble(base, comp, keep, simfn)
     rep = (base.filter(pl.col("_tid") >= 0).sort("_order").unique("_tid", keep="first", maintain_order=True)
@@ -367,7 +413,9 @@ class NearDedup(_DedupFilter, MinHashConfig):
 
     Parameters: the :class:`MinHashConfig` fields (ngram, num_perm, threshold, bands, rows, seed,
     weights, verify, shingle_hash; inherited, so defined once), plus fields, survivor and
-    normalize as for ``exact_dedup``.
+    normalize as for ``exact_dedup``, and ``answer_min_similarity`` (``near_duplicates``): a pair
+    also needs similar outputs (character-bigram Jaccard; with short answers the whole texts
+    must also be at least ``short_answer_threshold`` similar).
     """
 
     name: ClassVar[str] = "near_dedup"
@@ -376,9 +424,13 @@ class NearDedup(_DedupFilter, MinHashConfig):
     fields: tuple[str, ...] = DEFAULT_FIELDS
     survivor: str = "first"
     normalize: bool = True
+    answer_min_similarity: float | None = None
+    short_answer_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         MinHashConfig.__post_init__(self)  # validates the MinHash parameters
+        if self.answer_min_similarity is not None and not 0 <= self.answer_min_similarity <= 1:
+            raise ValueError(f"answer_min_similarity must be in [0, 1], got {self.answer_min_similarity}")
         self.fields = _fields_tuple(self.fields)
         _check_keep(self.survivor)
 
@@ -387,4 +439,5 @@ class NearDedup(_DedupFilter, MinHashConfig):
         return MinHashConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MinHashConfig)})
 
     def _run(self, frame: pl.DataFrame) -> DedupResult:
-        return near_duplicates(frame, self.config, self.fields, self.survivor, self.normalize)
+        return near_duplicates(frame, self.config, self.fields, self.survivor, self.normalize,
+                               self.answer_min_similarity, short_answer_threshold=self.short_answer_threshold)

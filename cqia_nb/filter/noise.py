@@ -32,12 +32,18 @@ repetition               a phrase of the answer repeated 8–20 times
 html                     ``<p>``/``<br/>``/``&nbsp;``/``<div …>`` remnants inserted
 empty_output             the answer replaced by "" or invisible characters
 answer_repeats_question  the answer replaced by the question
+short_answer             the answer cut to its first 2–4 visible characters (open requests —
+                         explain, write, introduce, why, how; no options or blanks — answered
+                         with 30+ characters: "explain X" answered "X是一")
+placeholder              the answer replaced by a placeholder: 无, 略, 。, 同上, 见上 (same sources)
+repeated_tail            one of the answer's sentences (or its last 2–3 sentences) appended 3–6 times
+near_dup_subst           1–2 % of the characters (at least one) replaced by other common characters
 =======================  ==========================================================================
 
 Scoring rule (``score_filters``, ``caught_by_kind``)
 ----------------------------------------------------
 The positives are the noisy records. A noisy record is *caught* when it is in ``result.dropped``
-(by the step that dropped it). For the duplicate kinds (exact_duplicate, near_duplicate) removing
+(by the step that dropped it). For the duplicate kinds (exact_duplicate, near_duplicate, near_dup_subst) removing
 *either* member of the pair removes the duplication, and which one a dedup step keeps is its
 survivor policy's business: a dropped clean original is credited to its first (in frame order)
 duplicate copy that was *not* dropped, which then counts as caught by the step that dropped the
@@ -52,11 +58,17 @@ it in isolation); and every noisy variant is also a near duplicate of its source
 may drop the clean source instead of the noisy variant (a false positive plus a miss). Use
 ``NoiseConfig(replace_sources=True)`` to take the sources of the non-duplicate kinds out of the
 frame when benchmarking a recipe that deduplicates.
+
+Why this module is long: it holds one maker per noise kind (18 kinds, each a few dozen lines of
+templates and edits) next to the scoring that relies on their names and on which kinds are
+duplicates; split apart, the kind list, the makers and the duplicate rule would have to be kept in
+step across modules.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import string
 import warnings
 from dataclasses import dataclass
@@ -67,10 +79,10 @@ import polars as pl
 NOISE_KINDS: tuple[str, ...] = (
     "ad", "url", "email", "phone", "qq_wechat", "exact_duplicate", "near_duplicate",
     "traditional_chars", "garbage_chars", "truncated", "repetition", "html", "empty_output",
-    "answer_repeats_question",
+    "answer_repeats_question", "short_answer", "placeholder", "repeated_tail", "near_dup_subst",
 )
 #: Kinds whose noisy record duplicates its source (either member dropped counts as caught).
-DUPLICATE_KINDS: frozenset[str] = frozenset({"exact_duplicate", "near_duplicate"})
+DUPLICATE_KINDS: frozenset[str] = frozenset({"exact_duplicate", "near_duplicate", "near_dup_subst"})
 NOISE_COLUMNS: dict[str, pl.DataType] = {
     "noise_kind": pl.String, "noise_of": pl.String, "noise_detail": pl.String,
 }
@@ -452,6 +464,64 @@ def _repeats_question(row: Row, rng: random.Random, cfg: NoiseConfig) -> tuple[R
     return row, "output = instruction"
 
 
+_VISIBLE_CH = re.compile(r"[^\W_]")
+#: What an answer holds when nobody wrote it.
+PLACEHOLDER_ANSWERS = ("无", "略", "。", "同上", "见上")
+
+
+def _short_answer(row: Row, rng: random.Random, cfg: NoiseConfig) -> tuple[Row, str]:
+    text = row["output"] or ""
+    first = _VISIBLE_CH.search(text)
+    start = first.start() if first else 0
+    n = rng.randint(2, 4)
+    out = text[start:start + n].strip() or text[:n]
+    if rng.random() < 0.3:
+        out += "。"
+    row["output"] = out
+    return row, f"answer cut to {len(out)} of {len(text)} chars"
+
+
+def _placeholder(row: Row, rng: random.Random, cfg: NoiseConfig) -> tuple[Row, str]:
+    row["output"] = rng.choice(PLACEHOLDER_ANSWERS)
+    return row, f"output={row['output']!r}"
+
+
+_SENTENCE = re.compile(r"[^。！？!?\n]+[。！？!?]?")
+
+
+def _repeated_tail(row: Row, rng: random.Random, cfg: NoiseConfig) -> tuple[Row, str]:
+    text = (row["output"] or "").rstrip()
+    sents = [m.group(0).strip() for m in _SENTENCE.finditer(text)]
+    sents = [x for x in sents if len(_VISIBLE_CH.findall(x)) >= 8] or [text or "这个问题需要具体分析。"]
+    times = rng.randint(3, 6)
+    if rng.random() < 0.3 and len(sents) >= 2:  # a paragraph: the answer's last sentences
+        k = rng.randint(2, min(3, len(sents)))
+        unit, sep = "".join(sents[-k:]), "\n"
+    else:
+        unit, sep = rng.choice(sents), rng.choice(["", "\n"])
+    if unit[-1:] not in "。！？!?":
+        unit += "。"
+    row["output"] = text + "".join(sep + unit for _ in range(times))
+    return row, f"{len(unit)}-char unit appended x{times}"
+
+
+def _near_dup_subst(row: Row, rng: random.Random, cfg: NoiseConfig) -> tuple[Row, str]:
+    fields = [c for c in _TEXT_FIELDS if row.get(c)]
+    pos = [(c, i) for c in fields for i, ch in enumerate(row[c]) if not ch.isspace()]
+    if not pos:
+        row["output"] = (row.get("output") or "") + "的"
+        return row, "empty text: appended one character"
+    share = rng.uniform(0.01, 0.02)
+    n = max(1, round(share * len(pos)))
+    texts = {c: list(row[c]) for c in fields}
+    for c, i in sorted(rng.sample(pos, n)):
+        old = texts[c][i]
+        texts[c][i] = rng.choice([ch for ch in _SIMP[:200] if ch != old])
+    for c in fields:
+        row[c] = "".join(texts[c])
+    return row, f"{n} of {len(pos)} chars substituted ({n / len(pos):.1%})"
+
+
 MAKERS: dict[str, Maker] = {
     "ad": _inserter(_AD_TEMPLATES), "url": _inserter(_URL_TEMPLATES),
     "email": _inserter(_EMAIL_TEMPLATES), "phone": _inserter(_PHONE_TEMPLATES),
@@ -459,6 +529,8 @@ MAKERS: dict[str, Maker] = {
     "near_duplicate": _near_duplicate, "traditional_chars": _traditional,
     "garbage_chars": _garbage, "truncated": _truncated, "repetition": _repetition,
     "html": _html, "empty_output": _empty, "answer_repeats_question": _repeats_question,
+    "short_answer": _short_answer, "placeholder": _placeholder, "repeated_tail": _repeated_tail,
+    "near_dup_subst": _near_dup_subst,
 }
 
 
@@ -468,16 +540,33 @@ def _visible(col: str) -> pl.Expr:
     return t.str.len_chars() - t.str.count_matches(r"[\s\p{P}\p{Cf}]")
 
 
+#: An open-ended request (explain, write, introduce, why, how …): the short_answer and placeholder
+#: kinds only apply to these (the issue defines them so), and never to multiple choice or blanks.
+_OPEN_REQUEST = (r"解释|介绍|描述|写|谈谈|说说|讲讲|分析|论述|阐述|评价|看法|为什么|为何|如何|怎样|怎么|建议|总结|概括"
+                 r"|讨论|说明|体验|感受|翻译|译为|释义|意思")
+
+
 def _eligible(clean: pl.DataFrame) -> dict[str, list[int]]:
     """Per kind, the rows it can be applied to meaningfully (the others are only a fallback)."""
     v = clean.select(_visible("output").alias("o"), _visible("instruction").alias("q"),
                      (pl.col("instruction").cast(pl.String).fill_null("")
-                      != pl.col("output").cast(pl.String).fill_null("")).alias("differ"))
+                      != pl.col("output").cast(pl.String).fill_null("")).alias("differ"),
+                     # options ("A.", "B、") or a blank to fill: a short answer is right there
+                     pl.concat_str([pl.col("instruction").cast(pl.String).fill_null(""),
+                                    pl.col("input").cast(pl.String).fill_null("")], separator="\n")
+                     .str.contains(r"(?:^|[\s（(:：])[A-Da-d][.．、:：)）]|_{2,}|（\s*）").alias("options"),
+                     pl.col("instruction").cast(pl.String).fill_null("").str.contains(_OPEN_REQUEST).alias("asks"))
+    v = v.with_columns((pl.col("asks") & ~pl.col("options")).alias("open"))
     m = v.select(
         (pl.col("o") >= 10).alias("truncated"),
         ((pl.col("q") >= 4) & pl.col("differ")).alias("answer_repeats_question"),
         (pl.col("o") >= 1).alias("empty_output"),
         ((pl.col("o") + pl.col("q")) >= 4).alias("near_duplicate"),
+        ((pl.col("o") + pl.col("q")) >= 4).alias("near_dup_subst"),
+        # an open request answered at length: cutting its answer to a few characters is noise
+        ((pl.col("o") >= 30) & pl.col("open")).alias("short_answer"),
+        ((pl.col("o") >= 30) & pl.col("open")).alias("placeholder"),
+        (pl.col("o") >= 10).alias("repeated_tail"),
     )
     return {k: m[k].arg_true().to_list() for k in m.columns}
 

@@ -334,7 +334,8 @@ def test_near_dedup_filter_exposes_every_config_field() -> None:
     cfg_fields = {f.name for f in dataclasses.fields(MinHashConfig)}
     flt_fields = {f.name for f in dataclasses.fields(NearDedup)}
     assert cfg_fields <= flt_fields
-    assert flt_fields - cfg_fields == {"fields", "survivor", "normalize"}
+    assert flt_fields - cfg_fields == {"fields", "survivor", "normalize", "answer_min_similarity",
+                                       "short_answer_threshold"}
     assert NearDedup().config == MinHashConfig()
     assert NearDedup(threshold=0.9, fields=["output"]).config.threshold == 0.9
 

@@ -139,6 +139,11 @@ CHECKS = {
     "html": lambda r, s: re.search(r"<p>|<br/>|&nbsp;|<div ", r["output"]),
     "empty_output": lambda r, s: r["output"].strip(" \n\u200b\u3000") == "",
     "answer_repeats_question": lambda r, s: r["output"] in (s["instruction"], s["instruction"][:-1] + "。"),
+    "short_answer": lambda r, s: 2 <= len(r["output"].rstrip("。")) <= 4 and s["output"].startswith(r["output"].rstrip("。")),
+    "placeholder": lambda r, s: r["output"] in ("无", "略", "。", "同上", "见上"),
+    "repeated_tail": lambda r, s: r["output"].startswith(s["output"].rstrip()) and re.search(r"(.{8,})\1\1\Z", r["output"], re.S),
+    "near_dup_subst": lambda r, s: 1 <= sum(a != b for c in TEXT for a, b in zip(r[c], s[c])) <= 3
+                                   and all(len(r[c]) == len(s[c]) for c in TEXT),
 }
 
 
@@ -158,7 +163,8 @@ def test_every_kind_is_really_present(kind, clean, noisy):
 def test_duplicate_kinds_do_not_share_sources(noisy):
     exact = set(noisy.filter(pl.col("noise_kind") == "exact_duplicate")["noise_of"].to_list())
     near = set(noisy.filter(pl.col("noise_kind") == "near_duplicate")["noise_of"].to_list())
-    assert exact and near and not exact & near
+    subst = set(noisy.filter(pl.col("noise_kind") == "near_dup_subst")["noise_of"].to_list())
+    assert exact and near and subst and not exact & near and not subst & (exact | near)
 
 
 def test_replace_sources(clean):

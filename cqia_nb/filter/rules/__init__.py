@@ -56,6 +56,15 @@ from cqia_nb.filter.rules.markup import (  # noqa: F401
     AdsFilter,
     HtmlFilter,
 )
+from cqia_nb.filter.rules.outliers import (  # noqa: F401
+    PLACEHOLDERS,
+    WEAK_PLACEHOLDERS,
+    PlaceholderAnswerFilter,
+    RepeatedTailFilter,
+    ShortAnswerFilter,
+    closed_request,
+    tail_repeats,
+)
 from cqia_nb.filter.rules.repetition import (  # noqa: F401
     TOKEN,
     CharRepetitionFilter,
