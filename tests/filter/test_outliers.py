@@ -12,7 +12,7 @@ import pytest
 
 from cqia_nb import data
 from cqia_nb.filter import PipelineConfig, dedup, noise, run_pipeline
-from cqia_nb.filter.framework import make_filter
+from cqia_nb.filter.framework import StepConfig, make_filter
 from cqia_nb.filter.minhash import MinHashConfig
 from cqia_nb.filter.rules import closed_request, tail_repeats
 
@@ -68,6 +68,20 @@ def test_short_answer_statistics_come_from_the_group_not_one_global_threshold():
     assert dropped("short_answer", frame(zhihu, label)) == {"zhihu/x:2"}
     # a long answer is never "cut to a few characters"
     assert dropped("short_answer", frame({**zhihu, "output": "挺好" * 8}), max_chars=10) == set()
+
+
+def test_group_statistics_span_every_batch_of_the_pipeline():
+    # the zhihu group's short answers come first: a batch of 7 holding only them would learn "short
+    # is normal" and keep them; the whole group's statistics (long answers) drop them
+    shorts = [{"record_id": f"zhihu/s:{i}", "config": "zhihu", "task_type_major": ["问答"],
+               "instruction": f"如何评价这部电影？（{i}）", "input": "", "output": "还行吧"} for i in range(7)]
+    f = pl.concat([pl.DataFrame(shorts), frame()], how="diagonal_relaxed")
+    cfg = PipelineConfig(steps=[StepConfig("short_answer"), StepConfig("placeholder_answer")])
+    small = run_pipeline(f, cfg, batch_rows=7)
+    whole = run_pipeline(f, cfg, batch_rows=10**12, batch_bytes=10**15)
+    assert set(small.dropped["record_id"]) == set(whole.dropped["record_id"]) >= {s["record_id"] for s in shorts}
+    for step in ("short_answer", "placeholder_answer"):
+        assert small.measured[step].equals(whole.measured[step])
 
 
 def test_closed_request_wording():

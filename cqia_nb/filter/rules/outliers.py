@@ -105,6 +105,7 @@ def robust_stats(x: np.ndarray, keys: list[pl.Series], min_group: int) -> tuple[
 class _GroupedAnswerFilter(TextFilter):
     """Shared: the answer's visible length and its group's robust statistics."""
 
+    per_record = False  # a record's value depends on its group's median and MAD: every record at once
     field: FieldSpec = "output"
     prompt: FieldSpec = "instruction+input"
     group_by: tuple[str, ...] = ("config", "task_type_major")
