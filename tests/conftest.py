@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -185,3 +189,20 @@ def unprivileged(_unprivileged_way):
             except OSError:
                 pass
         shutil.rmtree(home, ignore_errors=True)
+
+
+def sigkill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: float = 600) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (polled every 50 ms): a kill in the middle of
+    a run, for the resume tests. Fails with the child's stderr if it exits first."""
+    try:
+        deadline = time.time() + timeout_s
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL

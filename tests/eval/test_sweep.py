@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from conftest import sigkill_when
 
 from cqia_nb.eval import sweep as S
 from cqia_nb.eval.results import read_results, validate_rows
@@ -308,18 +307,7 @@ def test_a_killed_sweep_continues_with_the_runs_it_had_not_finished(prepared, tm
     env = {**os.environ, "CQIA_TRAIN_STEP_DELAY_S": "0.5"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     first = out / "runs" / "group.nlp_tasks" / "seed0" / S.RESULT_FILE
-    try:
-        deadline = time.time() + 600
-        while not first.is_file():
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.time() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_when(proc, first.is_file)
     finished = sorted(p.parent.name + "/" + p.parent.parent.name for p in (out / "runs").glob("*/seed*/" + S.RESULT_FILE))
     assert 1 <= len(finished) < 4                                    # killed mid-sweep
     kept = first.read_text(encoding="utf-8")

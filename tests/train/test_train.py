@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import sigkill_when
 
 from cqia_nb.train.config import TrainConfig, TrainConfigError, parse_overrides
 from cqia_nb.train.launch import ACCELERATE_CONFIGS
@@ -298,28 +297,17 @@ def test_resume_after_sigkill_continues_exactly(tiny_data, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "cqia_nb.train", "--config", str(yaml_path),
                              *sum((["--set", s] for s in sets), [])], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.time() + 300
 
-        def past_checkpoint() -> bool:  # a step after checkpoint-4 is logged: those logs must be cut
-            if not (killed / "checkpoint-4" / "trainer_state.json").is_file():
-                return False
-            try:
-                return any(r.get("step", 0) > 4 for r in read_metrics(killed) if "loss" in r)
-            except ValueError:  # a line caught half-written: look again
-                return False
+    def past_checkpoint() -> bool:  # a step after checkpoint-4 is logged: those logs must be cut
+        if not (killed / "checkpoint-4" / "trainer_state.json").is_file():
+            return False
+        try:
+            return any(r.get("step", 0) > 4 for r in read_metrics(killed) if "loss" in r)
+        except ValueError:  # a line caught half-written: look again
+            return False
 
-        # polled every 50 ms while each step takes >= 0.3 s, so the kill lands before checkpoint-8
-        while not past_checkpoint():
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            assert time.time() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    # polled every 50 ms while each step takes >= 0.3 s, so the kill lands before checkpoint-8
+    sigkill_when(proc, past_checkpoint, timeout_s=300)
     assert not (killed / "adapter_model.safetensors").exists()  # it did not finish
     logged = [r["step"] for r in read_metrics(killed) if "loss" in r]
     res = train(cfg, resume=True)
