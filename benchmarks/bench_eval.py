@@ -2,7 +2,7 @@
 set against the machine's limit.
 
     .venv/bin/python benchmarks/bench_eval.py [--benchmarks ../shared/benchmarks] [--reps 3]
-        [--threads 1] [--batch-size 16] [--peer-batch-sizes 1,4] [--smollm2-subjects 4]
+        [--threads 1] [--batch-size 16] [--peer-batch-sizes 1,2] [--smollm2-subjects 4]
         [--smollm2-reps 2] [--skip-tiny] [--skip-5shot] [--json out.json]
 
 Both tools read the same C-Eval CSV files and run the same model object on the CPU with
@@ -263,7 +263,7 @@ def main() -> int:
                     help="torch threads for both tools (default 1: on a shared 2-core machine, 2 OpenMP threads "
                          "stall whenever another process takes a core)")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--peer-batch-sizes", default="1,4",
+    ap.add_argument("--peer-batch-sizes", default="1,2",
                     help="lm-evaluation-harness batch sizes to time (comma-separated; its default is 1)")
     ap.add_argument("--smollm2-reps", type=int, default=2)
     ap.add_argument("--smollm2-subjects", type=int, default=4,
