@@ -3,7 +3,7 @@ set against the machine's limit.
 
     .venv/bin/python benchmarks/bench_eval.py [--benchmarks ../shared/benchmarks] [--reps 3]
         [--threads 1] [--batch-size 16] [--peer-batch-sizes 1,2] [--smollm2-subjects 4]
-        [--smollm2-reps 2] [--skip-tiny] [--skip-5shot] [--json out.json]
+        [--smollm2-reps 2] [--skip-tiny] [--skip-5shot] [--no-warm-up] [--json out.json]
 
 Both tools read the same C-Eval CSV files and run the same model object on the CPU with
 ``--threads`` torch threads:
@@ -208,7 +208,8 @@ def run_row(label: str, model_tok, data: Path, subjects: list[str] | None, shots
     wall: dict[str, list[float]] = {k: [] for k in names}
     flops: dict[str, float] = {}
     max_dlogp = 0.0
-    for rep in range(reps + 1):          # rep 0: a warm-up for every tool, not counted
+    warm = 0 if args.no_warm_up else 1
+    for rep in range(reps + warm):       # rep 0: a warm-up for every tool, not counted
         for name in names:
             with FlopCounter(model) as fc:
                 t, c = time.perf_counter(), time.process_time()
@@ -230,13 +231,13 @@ def run_row(label: str, model_tok, data: Path, subjects: list[str] | None, shots
                 m = ref.per_question.select("id", *cols).join(frame.select("id", *cols), on="id", suffix="_h")
                 max_dlogp = max(max_dlogp, float(np.abs(m.select(cols).to_numpy()
                                                         - m.select([c + "_h" for c in cols]).to_numpy()).max()))
-            if rep > 0:
+            if rep >= warm:
                 cpu[name].append(dc)
                 wall[name].append(dt)
-        if rep == 0:
+        if rep < warm:
             print("  warm-up done", flush=True)
         else:
-            print(f"  rep {rep}: " + ", ".join(f"{k} {cpu[k][-1]:.2f} CPU-s ({wall[k][-1]:.2f} s)" for k in names),
+            print(f"  rep {rep + 1 - warm}: " + ", ".join(f"{k} {cpu[k][-1]:.2f} CPU-s ({wall[k][-1]:.2f} s)" for k in names),
                   flush=True)
     n = len(bench)
     need = required_flops(FlopCounter(model), tok, bench, shots)
@@ -270,6 +271,8 @@ def main() -> int:
                     help="SmolLM2 0-shot row: the first N dev subjects (0: skip the SmolLM2 rows)")
     ap.add_argument("--skip-tiny", action="store_true", help="only the SmolLM2 rows")
     ap.add_argument("--skip-5shot", action="store_true", help="no SmolLM2 5-shot row")
+    ap.add_argument("--no-warm-up", action="store_true",
+                    help="count every run (for long rows such as all 52 subjects, where one run each is enough)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -338,7 +341,7 @@ def main() -> int:
               f"{r['mfu']['cqia_nb']:.0%} / {r['mfu'][best]:.0%} | identical (max |Δ log-likelihood| "
               f"{r['max_abs_logprob_diff']:.1e}) |")
     print(f"({args.threads} torch thread(s); CPU seconds of the whole process, median of {args.reps} reps "
-          f"({args.smollm2_reps} for SmolLM2) after a warm-up; TFLOP: the model FLOPs each tool's forward passes ran, "
+          f"({args.smollm2_reps} for SmolLM2) {'without' if args.no_warm_up else 'after'} a warm-up; TFLOP: the model FLOPs each tool's forward passes ran, "
           "padding included; MFU: those FLOPs per CPU-second over the matmul limit; fraction of the limit: the least "
           "FLOPs the task needs at the matmul limit over the tool's CPU-seconds)")
     if args.json:
