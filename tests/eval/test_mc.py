@@ -369,25 +369,71 @@ def test_batching_with_padding_matches_one_by_one(tiny, ceval_dir):
     assert ev.scoring._length_batches([100, 50], 16, 0.9) == [[0, 1]]
 
 
-def test_shared_prefix_cache_gives_the_same_scores(tiny, ceval_dir):
+@pytest.mark.parametrize("shots", [0, 3])
+def test_shared_prefix_cache_gives_the_same_scores(tiny, ceval_dir, monkeypatch, shots):
+    """A subject's shared prefix (0-shot: description + subject line; k-shot: + the shots) runs once,
+    every other token once, and the scores are those of whole prompts run alone."""
     _, model, tok = tiny
     b = ev.load_benchmark("ceval", ceval_dir / "val")
+    # the tiny tokenizer knows these prompts well: their shared prefixes are only a few tokens long
+    monkeypatch.setattr(ev.scoring, "_MIN_SAVED", 1)
     cached: list[bool] = []
+    ran = [0]
 
     def hook(module, args, kwargs):
         cached.append(any(kwargs.get(k) is not None for k in ("cache", "past_key_values")))
+        ran[0] += kwargs["input_ids"].numel()
 
     handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    runs, tokens = {}, {}
     try:
-        runs = {pc: ev.evaluate_mc((model, tok), b, ev.MCConfig(shots=3, prefix_cache=pc, progress=False,
-                                                                 bootstrap=0)) for pc in (False, True)}
+        for pc in (False, True):
+            ran[0] = 0
+            runs[pc] = ev.evaluate_mc((model, tok), b, ev.MCConfig(shots=shots, prefix_cache=pc, batch_size=1,
+                                                                   progress=False, bootstrap=0))
+            tokens[pc] = ran[0]
     finally:
         handle.remove()
     assert any(cached) and not all(cached)  # the prefix passes ran without a cache, the questions with one
+    # batch 1, no padding: the tokens run are each prompt once, less each subject's prefix but once
+    ids: dict[str, list[list[int]]] = {}
+    for q in b.questions:
+        ids.setdefault(q.subject, []).append(tok(ev.build_prompt(q, ev.shots_for(q, b, shots)).context)["input_ids"])
+    saved = 0
+    for xs in ids.values():
+        n = 0
+        while all(len(x) > n + 1 for x in xs) and len({x[n] for x in xs}) == 1:
+            n += 1
+        saved += n * (len(xs) - 1)
+    assert tokens[False] == sum(len(x) for xs in ids.values() for x in xs)
+    assert saved > 0 and tokens[True] == tokens[False] - saved
     cols = [f"logprob_{c}" for c in "ABCD"]
     assert np.allclose(runs[True].per_question.select(cols).to_numpy(),
                        runs[False].per_question.select(cols).to_numpy(), atol=1e-4)
     assert runs[True].per_question["pred"].to_list() == runs[False].per_question["pred"].to_list()
+
+
+def test_shared_prefix_scores_equal_unshared_rows(tiny, monkeypatch):
+    """score_loglikelihood directly: prompts sharing a long prefix, with and without groups, batched."""
+    _, model, tok = tiny
+    monkeypatch.setattr(ev.scoring, "_MIN_SAVED", 1)
+    head = "以下是中国关于法学的单项选择题，请选出其中的正确答案。\n\n" * 3
+    prompts = [ev.Prompt(head + t + "\n答案：", (" A", " B", " C", " D")) for t in TEXTS]
+    prompts.append(ev.Prompt(head + "北京是", ("中华人民共和国的首都", "春风", "江南")))  # options differ early
+    cfg = ev.MCConfig(batch_size=4, progress=False)
+    plain = ev.scoring.score_loglikelihood(model, tok, prompts, cfg, 512, None)
+    cached: list[bool] = []
+    handle = model.register_forward_pre_hook(
+        lambda m, a, kw: cached.append(any(kw.get(k) is not None for k in ("cache", "past_key_values"))),
+        with_kwargs=True)
+    try:
+        shared = ev.scoring.score_loglikelihood(model, tok, prompts, cfg, 512, None, groups=["law"] * len(prompts))
+    finally:
+        handle.remove()
+    assert cached.count(False) == 1 and len(cached) > 1  # the prefix once, every batch after its cache
+    assert plain[1:] == shared[1:]
+    assert np.allclose(np.concatenate(plain[0]), np.concatenate(shared[0]), atol=1e-4)
+    assert [int(np.argmax(s)) for s in plain[0]] == [int(np.argmax(s)) for s in shared[0]]
 
 
 def test_bootstrap_ci_contains_estimate_and_is_deterministic(tiny, ceval_dir):

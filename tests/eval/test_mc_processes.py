@@ -43,7 +43,7 @@ def _eval(prefix: list[str], out: Path, sets: list[str]) -> subprocess.Completed
 
 @pytest.mark.parametrize("launcher,sets", [
     ("accelerate", ["shots=2"]),                                  # prefix groups: a subject's shots run once
-    ("accelerate", ["shots=0", "batch_size=4"]),                  # batches across subjects
+    ("accelerate", ["shots=0", "batch_size=4", "prefix_cache=false"]),  # batches across subjects
     ("torchrun", ["mode=generate", "batch_size=4", "max_new_tokens=4"]),
 ])
 def test_two_processes_write_the_one_process_predictions(tmp_path, launcher, sets):

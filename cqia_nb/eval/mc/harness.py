@@ -55,11 +55,13 @@ Scoring (``MCConfig.mode``)
     matrix products save. Padding is on the right (no attention mask needed for a causal model,
     as in lm-evaluation-harness) or on the left (attention mask and position ids). Only the
     positions that are scored go through the LM head (``logits_to_keep``). The questions of a
-    subject share their first tokens (description and few-shot examples, ~85 % of a 5-shot
-    prompt): when that shared prefix is at least 30 % of the work it runs once and its key/value
-    cache is reused for every question (``prefix_cache``; right padding, untruncated prompts). The
-    prefix is found on the token ids, so every question sees exactly the tokens it would alone;
-    only floating-point summation order differs (|Δ log-likelihood| ~1e-5).
+    subject share their first tokens (the description and subject line, ~20 % of a 0-shot C-Eval
+    prompt for SmolLM2; with the few-shot examples ~75-85 % of a 5-shot one): that shared prefix
+    runs once per subject (when it saves at least 32 tokens) and its key/value cache, repeated
+    for each row, precedes every batch of the subject's questions, so no token runs twice
+    (``prefix_cache``; right padding, untruncated prompts). The prefix is found on the token ids,
+    so every question sees exactly the tokens it would alone; only floating-point summation order
+    differs (|Δ log-likelihood| ~1e-5).
 
 Accuracy (``MCResult``)
     Per subject, per category and overall (question-weighted, as lm-evaluation-harness's
