@@ -15,7 +15,7 @@ import re
 import numpy as np
 import polars as pl
 
-from cqia_nb.filter.framework import register
+from cqia_nb.filter.framework import batch_slices, register
 from cqia_nb.filter.rules.common import FieldSpec, TextFilter, fmt, parse_fields, series_of, text_expr
 
 #: Characters that are not letters, digits or CJK: stripped before answers are measured.
@@ -76,9 +76,9 @@ def group_keys(frame: pl.DataFrame, group_by: tuple[str, ...]) -> list[pl.Series
         e = col.list.join("|") if isinstance(frame.schema[c], pl.List) else col.cast(pl.String)
         exprs.append(e.fill_null(""))
     keys = []
-    for k in range(len(exprs), 0, -1):
-        keys.append(series_of(frame, pl.concat_str(exprs[:k], separator="\x1f"), "key"))
-    keys.append(pl.Series("key", [""] * frame.height, dtype=pl.String))
+    for k in range(len(exprs), 0, -1):  # categorical: 4 bytes a record, whatever the key's length
+        keys.append(series_of(frame, pl.concat_str(exprs[:k], separator="\x1f").cast(pl.Categorical), "key"))
+    keys.append(pl.Series("key", [""] * frame.height, dtype=pl.Categorical))
     return keys
 
 
@@ -122,17 +122,23 @@ class _GroupedAnswerFilter(TextFilter):
     def required_columns(self) -> tuple[str, ...]:
         return (*self._fields, *self._prompt)
 
-    def _lengths(self, frame: pl.DataFrame) -> np.ndarray:
-        return series_of(frame, _visible_len(self._fields)).to_numpy().astype(np.float64)
+    def _features(self, batch: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Per record of ``batch``: what the value needs besides the group statistics (a few bytes
+        a record; the text is read here and nowhere else)."""
+        return {"x": np.log1p(series_of(batch, _visible_len(self._fields)).to_numpy().astype(np.float64)),
+                "closed": closed_request(batch, self._prompt).to_numpy()}
 
-    def _log_stats(self, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(log1p(visible length), group median, group MAD) per record; the statistics come from
-        the open requests only (the labels of closed ones say nothing about a normal answer to an
-        open one: finance mixes intent labels with term explanations)."""
-        x = np.log1p(self._lengths(frame))
-        open_x = np.where(closed_request(frame, self._prompt).to_numpy(), np.nan, x)
+    def _log_stats(self, frame: pl.DataFrame) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """(features, group median, group MAD) per record, ``features["x"]`` = log1p(visible
+        length). The text is read in bounded batches and only small per-record arrays are kept, so
+        memory does not grow with the text. The statistics come from the open requests only (the
+        labels of closed ones say nothing about a normal answer to an open one: finance mixes
+        intent labels with term explanations)."""
+        parts = [self._features(frame.slice(o, n)) for o, n in batch_slices(frame, self.required_columns())]
+        f = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        open_x = np.where(f["closed"], np.nan, f["x"])
         med, mad = robust_stats(open_x, group_keys(frame, self.group_by), self.min_group)
-        return x, med, mad
+        return f, med, mad
 
 
 @register
@@ -168,13 +174,18 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
     min_mad: float = 0.25
     min_source_ratio: float = 0.15
 
+    def _features(self, batch: pl.DataFrame) -> dict[str, np.ndarray]:
+        return {**super()._features(batch), "rewrite": self._rewrite(batch),
+                "prompt_len": self._prompt_lengths(batch)}
+
     def measure(self, frame: pl.DataFrame) -> pl.Series:
-        x, med, mad = self._log_stats(frame)
+        f, med, mad = self._log_stats(frame)
+        x = f["x"]
         z = 0.6745 * (x - med) / np.maximum(mad, self.min_mad)
         # a long answer is never "cut to a few characters", however unusual its length; a rewrite
         # of a short text (translate one sentence) is short because its source is
-        z[(np.expm1(x) > self.max_chars) | closed_request(frame, self._prompt).to_numpy()
-          | (self._rewrite(frame) & (np.expm1(x) >= self.min_source_ratio * self._prompt_lengths(frame)))] = np.nan
+        z[(np.expm1(x) > self.max_chars) | f["closed"]
+          | (f["rewrite"] & (np.expm1(x) >= self.min_source_ratio * f["prompt_len"]))] = np.nan
         return pl.Series("value", z).fill_nan(None)
 
     def _prompt_lengths(self, frame: pl.DataFrame) -> np.ndarray:
@@ -221,17 +232,20 @@ class PlaceholderAnswerFilter(_GroupedAnswerFilter):
     def _norm(self) -> pl.Expr:
         return text_expr(self._fields).str.to_lowercase().str.replace_all(_NOT_VISIBLE, "")
 
-    def measure(self, frame: pl.DataFrame) -> pl.Series:
+    def _features(self, batch: pl.DataFrame) -> dict[str, np.ndarray]:
         def norm_set(ws):
             return sorted({re.sub(r"[\s\W_]+", "", w.lower()) for w in ws} - {""})
 
-        norm = series_of(frame, self._norm(), "n")
-        strong = norm.is_in(norm_set((*PLACEHOLDERS, *self.extra))).to_numpy()
-        weak = ((norm.is_in(norm_set(WEAK_PLACEHOLDERS)) | (norm == "")).to_numpy()
-                & ~closed_request(frame, self._prompt).to_numpy())
-        _, med, _ = self._log_stats(frame)
+        f = super()._features(batch)
+        norm = series_of(batch, self._norm(), "n")
+        f["strong"] = norm.is_in(norm_set((*PLACEHOLDERS, *self.extra))).to_numpy()
+        f["weak"] = (norm.is_in(norm_set(WEAK_PLACEHOLDERS)) | (norm == "")).to_numpy() & ~f["closed"]
+        return f
+
+    def measure(self, frame: pl.DataFrame) -> pl.Series:
+        f, med, _ = self._log_stats(frame)
         long_group = np.expm1(med) >= self.min_group_median
-        return pl.Series("value", (strong | (weak & long_group)).astype(np.float64))
+        return pl.Series("value", (f["strong"] | (f["weak"] & long_group)).astype(np.float64))
 
     def keep(self, values: pl.Series) -> pl.Series:
         return values < 0.5
