@@ -103,6 +103,10 @@ def _model_device(model):
         return torch.device("cpu")
 
 
+#: Most logits one forward pass of ``sequence_nll`` may hold (floats; 64 Mi = 256 MiB in float32).
+LOGITS_BUDGET = 64 * 2**20
+
+
 def sequence_nll(model, sequences: Sequence[tuple[list[int], int]], pad_id: int | None,
                  batch_size: int = 16, device: Any = None, progress: bool = True,
                  desc: str = "scoring") -> list[tuple[float, int]]:
@@ -125,6 +129,16 @@ def sequence_nll(model, sequences: Sequence[tuple[list[int], int]], pad_id: int 
                    key=lambda i: -len(sequences[i][0]))
     batch_size = max(1, int(batch_size))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    # The logits are rows x width x vocabulary floats, twice (logits and log-probabilities): 16 rows
+    # of 512 tokens over SmolLM2's 49,152-word vocabulary are 1.6 GB each. Rows beyond the budget go
+    # to a batch of their own, so memory stays flat whatever the vocabulary.
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+    if vocab:
+        split = []
+        for b in batches:
+            rows = max(1, LOGITS_BUDGET // (len(sequences[b[0]][0]) * vocab))  # b[0] is the longest
+            split.extend(b[i:i + rows] for i in range(0, len(b), rows))
+        batches = split
     with torch.no_grad():
         for b in tqdm(batches, desc=desc, unit="batch", disable=not progress or not batches):
             width = max(len(sequences[i][0]) for i in b)

@@ -136,6 +136,21 @@ def test_batched_equals_unbatched(frame, trained):
     assert quality.STATS["forward_batches"] > 0
 
 
+def test_logits_budget_splits_batches_and_keeps_the_scores(frame, trained, monkeypatch):
+    _, model, tok = trained
+    ref = quality.perplexity(frame, model, tok, batch_size=8, progress=False)
+    b0 = quality.STATS["forward_batches"]
+    quality.perplexity(frame, model, tok, batch_size=8, progress=False)
+    whole = quality.STATS["forward_batches"] - b0
+    # room for less than one row: every row goes to a batch of its own
+    monkeypatch.setattr(quality, "LOGITS_BUDGET", model.config.vocab_size)
+    b1 = quality.STATS["forward_batches"]
+    small = quality.perplexity(frame, model, tok, batch_size=8, progress=False)
+    assert quality.STATS["forward_batches"] - b1 == small.drop_nulls().len() > whole
+    for a, b in zip(ref.drop_nulls(), small.drop_nulls()):
+        assert a == pytest.approx(b, rel=1e-4)
+
+
 def test_training_makes_garbage_score_higher_than_fluent(frame, tiny, trained):
     _, model0, tok0 = tiny
     _, model, tok = trained
