@@ -52,17 +52,28 @@ def _visible_len(spec: tuple[str, ...]) -> pl.Expr:
     return text_expr(spec).str.replace_all(_NOT_VISIBLE, "").str.len_chars()
 
 
+def _as_text(frame: pl.DataFrame, column: str) -> pl.Expr:
+    """``column`` as one string per record (lists joined with "|"), nulls as ""."""
+    col = pl.col(column)
+    return (col.list.join("|") if isinstance(frame.schema[column], pl.List) else col.cast(pl.String)).fill_null("")
+
+
+def _task_type_matches(frame: pl.DataFrame, pattern: str) -> pl.Expr:
+    """True where ``task_type_major`` or ``task_type_minor`` (those present) matches ``pattern``."""
+    e = pl.lit(False)
+    for c in ("task_type_major", "task_type_minor"):
+        if c in frame.columns:
+            e = e | _as_text(frame, c).str.contains(pattern)
+    return e
+
+
 def closed_request(frame: pl.DataFrame, prompt: tuple[str, ...] = ("instruction", "input")) -> pl.Series:
     """True where a short answer can be right: options, closed wording (unless the request also
     asks for an explanation), or a closed task type (classification, extraction, inference …)."""
     cols = [c for c in prompt if c in frame.columns]
     text = text_expr(tuple(cols)) if cols else pl.lit("")
-    closed = text.str.contains(CLOSED_OPTIONS) | (text.str.contains(CLOSED_WORDING) & ~text.str.contains(OPEN_WORDING))
-    for c in ("task_type_major", "task_type_minor"):
-        if c in frame.columns:
-            col = pl.col(c)
-            joined = col.list.join("|") if isinstance(frame.schema[c], pl.List) else col.cast(pl.String)
-            closed = closed | joined.fill_null("").str.contains(CLOSED_TASK_TYPES)
+    closed = (text.str.contains(CLOSED_OPTIONS) | (text.str.contains(CLOSED_WORDING) & ~text.str.contains(OPEN_WORDING))
+              | _task_type_matches(frame, CLOSED_TASK_TYPES))
     return series_of(frame, closed.fill_null(False), "closed")
 
 
@@ -70,11 +81,7 @@ def group_keys(frame: pl.DataFrame, group_by: tuple[str, ...]) -> list[pl.Series
     """One key per grouping level, finest first: all of ``group_by``, then fewer columns, then
     everything (""). Missing columns are skipped; lists are joined with "|"."""
     present = [c for c in group_by if c in frame.columns]
-    exprs = []
-    for c in present:
-        col = pl.col(c)
-        e = col.list.join("|") if isinstance(frame.schema[c], pl.List) else col.cast(pl.String)
-        exprs.append(e.fill_null(""))
+    exprs = [_as_text(frame, c) for c in present]
     keys = []
     for k in range(len(exprs), 0, -1):  # categorical: 4 bytes a record, whatever the key's length
         keys.append(series_of(frame, pl.concat_str(exprs[:k], separator="\x1f").cast(pl.Categorical), "key"))
@@ -193,12 +200,7 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
 
     def _rewrite(self, frame: pl.DataFrame) -> np.ndarray:
         """True for translation / rewrite requests (wording or task type)."""
-        e = text_expr(self._prompt).str.contains(TRANSFORM_WORDING)
-        for c in ("task_type_major", "task_type_minor"):
-            if c in frame.columns:
-                col = pl.col(c)
-                joined = col.list.join("|") if isinstance(frame.schema[c], pl.List) else col.cast(pl.String)
-                e = e | joined.fill_null("").str.contains(TRANSFORM_TASK_TYPES)
+        e = text_expr(self._prompt).str.contains(TRANSFORM_WORDING) | _task_type_matches(frame, TRANSFORM_TASK_TYPES)
         return series_of(frame, e.fill_null(False), "rewrite").to_numpy()
 
     def keep(self, values: pl.Series) -> pl.Series:
