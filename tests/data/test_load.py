@@ -382,6 +382,17 @@ def _same_result(a: data.LoadResult, b: data.LoadResult) -> None:
         assert x.equals(y), name
 
 
+def _cold_warm_plain(source: Path, cache: str) -> tuple[data.LoadResult, data.LoadResult, data.LoadResult]:
+    """Load ``source`` cold into ``cache``, warm from it, and without a cache; check the three agree."""
+    plain = quiet_load(source=str(source), cache=False)
+    cold = quiet_load(source=str(source), cache_dir=cache)
+    warm = quiet_load(source=str(source), cache_dir=cache)
+    assert not cold.from_cache and warm.from_cache
+    _same_result(cold, plain)
+    _same_result(warm, plain)
+    return cold, warm, plain
+
+
 def test_cached_records_are_string_views_and_round_trip(tmp_path, cache):
     import shutil
 
@@ -394,12 +405,7 @@ def test_cached_records_are_string_views_and_round_trip(tmp_path, cache):
                         domain=[t, "通用"] if t else [], task_type={"major": [t] if t else [], "minor": ["m", t]})
             for i, t in enumerate(texts)]
     root = layout(tmp_path, {"zhihu/a.jsonl": jsonl(recs[:4]), "xhs/b.jsonl": jsonl(recs[4:])})
-    plain = quiet_load(source=str(root), cache=False)
-    cold = quiet_load(source=str(root), cache_dir=cache)
-    warm = quiet_load(source=str(root), cache_dir=cache)
-    assert not cold.from_cache and warm.from_cache
-    _same_result(cold, plain)
-    _same_result(warm, plain)
+    cold, warm, plain = _cold_warm_plain(root, cache)
     assert dict(plain.frame.schema) == dict(data.SCHEMA)
     # The entry holds string views (what polars maps without a copy), one batch per file.
     (records,) = Path(cache).glob("*.records.arrow")
@@ -631,12 +637,7 @@ def test_real_copy_streamed_cached_and_in_memory_loads_are_identical(real_data, 
     # The cold load streams file by file into the cache and returns the mapped entry; without the
     # cache the per-file frames are concatenated in memory; the warm load maps the entry. Same result.
     cache = str(tmp_path / "cache")
-    cold = quiet_load(source=str(real_data), cache_dir=cache)
-    plain = quiet_load(source=str(real_data), cache=False)
-    warm = quiet_load(source=str(real_data), cache_dir=cache)
-    assert not cold.from_cache and warm.from_cache
-    _same_result(cold, plain)
-    _same_result(warm, plain)
+    cold, warm, plain = _cold_warm_plain(real_data, cache)
     assert cold.frame["record_id"].is_unique().all() and cold.n_loaded == 17_971
     # File order, then line order, as the files table lists them.
     order = {f: i for i, f in enumerate(plain.files["file"].to_list())}
