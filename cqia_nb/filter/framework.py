@@ -46,7 +46,7 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import polars as pl
@@ -159,6 +159,27 @@ class Filter(_Step, ABC):
         """What the pipeline runs for this filter; a filter with a conversion mode (e.g.
         ``traditional`` with ``convert: true``) returns its transform here."""
         return self
+
+    # -- the stream protocol: how an engine that never holds every record runs a step that
+    # needs every record (``per_record = False``). Two passes over the records: ``stream_keys``
+    # on each batch (a small table, a few to ~100 bytes a record), then ``stream_decide`` once on
+    # the keys of all records. ``decisions`` and ``Decided`` (below) turn that into the dropped
+    # records, which a third pass applies batch by batch through ``run_batch``.
+
+    def stream_keys(self, batch: pl.DataFrame) -> pl.DataFrame | None:
+        """The per-record keys ``stream_decide`` needs, for one batch: a frame with
+        ``record_id`` and the step's own columns, one row per record in batch order. None (the
+        default): the step cannot stream; an engine then holds the records it sees at once."""
+        return None
+
+    def stream_decide(self, keys: pl.DataFrame | pl.LazyFrame,
+                      reread: Callable[[], Iterable[pl.DataFrame]] | None) -> pl.DataFrame:
+        """Given the keys of every record (``stream_keys`` of each batch, concatenated in input
+        order; a LazyFrame when an engine spilled them to disk), per record: ``record_id``,
+        ``value`` (Float64, as ``measure`` gives on the whole frame) and ``detail`` (String or
+        null; used unless ``details_per_record``). ``reread()`` yields the records again, in
+        batches, for the few a decision needs the text of (near dedup verifies its candidates)."""
+        raise NotImplementedError(f"filter {self.name!r} has no stream protocol")
 
 
 @dataclass
@@ -638,6 +659,50 @@ def run_batch(batch: pl.DataFrame, steps: Sequence[tuple[int, str, Filter | Tran
         acc.kept += b.height
         acc.seconds += time.perf_counter() - t0
     return b
+
+
+def decisions(flt: Filter, keys: pl.DataFrame | pl.LazyFrame,
+              reread: Callable[[], Iterable[pl.DataFrame]] | None) -> pl.DataFrame:
+    """The records ``flt`` drops, decided from the keys of every record (the stream protocol):
+    ``record_id``, ``value``, ``detail`` (null where the filter gives its details per record:
+    ``Decided`` asks for them when it sees the record's text). Small: dropped records only."""
+    d = flt.stream_decide(keys, reread)
+    values = d["value"].cast(pl.Float64)
+    keep = flt.keep(values).fill_null(True).cast(pl.Boolean)
+    detail = (d["detail"].cast(pl.String) if "detail" in d.columns and not flt.details_per_record
+              else _no_details(d.height))
+    return (d.select(pl.col("record_id").cast(pl.String)).with_columns(values.alias("value"), detail.alias("detail"))
+            .filter(~keep))
+
+
+class Decided(Filter):
+    """A step that needs every record, after ``decisions``: a per-record step that
+    ``run_batch`` runs on any batch (of any engine, in any order), each record looked up by
+    record_id in the small table of the records the step drops. Named as the step it stands for."""
+
+    per_record = True
+
+    def __init__(self, flt: Filter, dropped: pl.DataFrame):
+        self.inner, self.dropped, self.name = flt, dropped, flt.name  # type: ignore[misc]
+        self.details_per_record = flt.details_per_record  # type: ignore[misc]
+
+    def _lookup(self, frame: pl.DataFrame, column: str) -> pl.Series:
+        return frame.select(pl.col("record_id").cast(pl.String)).join(
+            self.dropped, on="record_id", how="left", maintain_order="left")[column]
+
+    def required_columns(self) -> tuple[str, ...]:
+        return self.inner.required_columns()
+
+    def measure(self, frame: pl.DataFrame) -> pl.Series:
+        return self._lookup(frame, "value")
+
+    def keep(self, values: pl.Series) -> pl.Series:
+        return values.is_null()  # only the dropped records have a value here
+
+    def details(self, frame: pl.DataFrame, values: pl.Series) -> pl.Series | None:
+        if self.details_per_record:
+            return self.inner.details(frame, values)
+        return self._lookup(frame, "detail")
 
 
 def _libc_malloc_trim() -> Callable[[], object]:
