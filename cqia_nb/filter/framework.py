@@ -513,10 +513,16 @@ class FilterRun:
     pipeline: PipelineConfig
     input: str = "bundled"
     out_dir: str | None = None
+    #: one batch in memory at a time (``cqia_nb.filter.streaming``); None: when the input is large
+    streaming: bool | None = None
+    #: where streaming spills keys and intermediate records (default: inside out_dir)
+    spill_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.input, str) or not self.input:
             raise ConfigError(f"input: a path or 'bundled', got {self.input!r}")
+        if self.streaming is not None and not isinstance(self.streaming, bool):
+            raise ConfigError(f"streaming: true, false or null (decide by the input's size), got {self.streaming!r}")
         if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir):
             raise ConfigError(f"out_dir: a folder path, got {self.out_dir!r}")
 
@@ -721,8 +727,9 @@ number of batches (measured on the rule steps: 1.5 KB per record without, 0.76 K
 of it the results themselves; about 2 % more CPU)."""
 
 
-def _segments(built: list[tuple[str, Filter | Transform]]) -> list[list[int]]:
-    """Step indices grouped into runs of consecutive per-record steps; any other step alone."""
+def segments(built: list[tuple[str, Filter | Transform]]) -> list[list[int]]:
+    """Step indices grouped into runs of consecutive per-record steps; any other step alone:
+    the stages every engine runs (a run of per-record steps is one pass over the records)."""
     out: list[list[int]] = []
     for k, (_, flt) in enumerate(built):
         if flt.per_record and out and built[out[-1][-1]][1].per_record:
@@ -730,6 +737,14 @@ def _segments(built: list[tuple[str, Filter | Transform]]) -> list[list[int]]:
         else:
             out.append([k])
     return out
+
+
+def steps_table(built: Sequence[tuple[str, Filter | Transform]], outs: Sequence[StepOutput]) -> pl.DataFrame:
+    """The per-step table (``STEPS_SCHEMA``) from what each step's StepOutput added up."""
+    rows = [(i, step, flt.name, "transform" if isinstance(flt, Transform) else "filter", acc.n_in, acc.kept,
+             acc.n_in - acc.kept, acc.changed, round(acc.seconds, 4))
+            for i, ((step, flt), acc) in enumerate(zip(built, outs), start=1)]
+    return pl.DataFrame(rows, schema=STEPS_SCHEMA, orient="row")
 
 
 def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = False,
@@ -751,7 +766,7 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(built), desc="filters", unit="step")
-    for seg in _segments(built):
+    for seg in segments(built):
         steps = [(k + 1, *built[k]) for k in seg]
         accs = [outs[k] for k in seg]
         if not built[seg[0]][1].per_record:
@@ -768,11 +783,9 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
             bar.update(len(seg))
     if bar is not None:
         bar.close()
-    rows, measured, dropped_parts = [], {}, []
+    measured, dropped_parts = {}, []
     for i, ((step, flt), acc) in enumerate(zip(built, outs), start=1):
         kind = "transform" if isinstance(flt, Transform) else "filter"
-        rows.append((i, step, flt.name, kind, acc.n_in, acc.kept, acc.n_in - acc.kept, acc.changed,
-                     round(acc.seconds, 4)))
         if acc.measured:
             measured[step] = acc.measured[0] if len(acc.measured) == 1 else pl.concat(acc.measured)
         elif "record_id" in frame.columns:  # no record reached the step: an empty table, same columns
@@ -782,8 +795,7 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
         dropped_parts.extend(acc.gone)
     empty = frame.clear().with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
     dropped = pl.concat([empty, *dropped_parts], how="vertical_relaxed") if dropped_parts else empty
-    steps_table = pl.DataFrame(rows, schema=STEPS_SCHEMA, orient="row")
-    result = PipelineResult(current, dropped, steps_table, measured, config)
+    result = PipelineResult(current, dropped, steps_table(built, outs), measured, config)
     assert current.height + dropped.height == frame.height  # the audit trail is complete
     return result
 
