@@ -246,6 +246,24 @@ def unclosed_pair(text: str) -> str | None:
     return None
 
 
+def _visible_chars(text: str) -> int:
+    """Letters, digits and CJK characters (no whitespace, punctuation, symbols)."""
+    return len(re.sub(r"[\W_]+", "", text))
+
+
+def _dangling_line(text: str) -> bool:
+    """``text`` (stripped) ends with a last line of 1–2 CJK characters after a line that ends closed,
+    has 20+ visible characters, and the last line is no sign-off and no two-character word echoing
+    the line before (a punchline: "……迁徙之自由。”\\n\\n自由")."""
+    lines = [ln.strip() for ln in text.split("\n") if ln.strip()]
+    if len(lines) < 2 or _visible_chars(text) < 20:
+        return False
+    last, prev = lines[-1], lines[-2]
+    if last in SIGN_OFFS or not re.search(_CLOSED_LINE, prev):
+        return False
+    return not (len(last) == 2 and last in prev)
+
+
 def names_no_choice(prompt: str, answer: str) -> bool:
     """True when ``prompt`` lists options A, B and C and the ``answer`` (20+ visible characters, an
     explanation) names none: no option letter standing alone (A, BCD, c), no ① … ⑩, no 正确 / 错误
@@ -320,51 +338,45 @@ class UnfinishedAnswerFilter(TextFilter):
         return (*self._fields, *(c for c in self._prompt if c not in self._fields))
 
     def _reasons(self, frame: pl.DataFrame) -> list[str | None]:
+        """Per record, why it is unfinished (None: it is not). Cheap regexes over every record pick
+        the few candidates; only those are read in Python."""
         t = self.text().str.strip_chars()
-        vis = t.str.replace_all(r"[\s\p{P}\p{S}\p{Cf}]", "").str.len_chars()
-        lines = (t.str.split("\n").list.eval(pl.element().str.strip_chars())
-                 .list.eval(pl.element().filter(pl.element() != "")))
-        cols = frame.select(
-            t.alias("t"),
+        flags = frame.select(
             # a word cut at a continuing mark ("……的革命，"), not a stray mark after a finished
             # sentence ("……选B。、"), a list number ("。二、") or an author who ends paragraphs so
             (t.str.contains(r"\p{Han}[，、,“‘《【]\z") & ~t.str.contains(r"(?:^|[^\p{Han}])[一二三四五六七八九十]{1,3}、\z")
              & (t.str.count_matches(r"[，,][ \t]*\n") < 3)).alias("cont"),
-            ((t.str.contains(rf"\p{{Han}}[{NEVER_FINAL}]\z") | t.str.contains(f"(?:{'|'.join(NEVER_FINAL_WORDS)})\\z"))
-             & (vis >= 5)).alias("nf"),
-            (t.str.contains(r"\n[ \t\u3000]*\p{Han}{1,2}\z") & (vis >= 20)
-             & lines.list.get(-2, null_on_oob=True).fill_null("").str.contains(_CLOSED_LINE)
-             & ~lines.list.last().fill_null("").is_in(list(SIGN_OFFS))
-             # a word echoing the line before is a punchline ("……迁徙之自由。”\n\n自由"), not a cut
-             & ~((lines.list.last().fill_null("").str.len_chars() == 2)
-                 & lines.list.get(-2, null_on_oob=True).fill_null("").str.contains(
-                     lines.list.last().fill_null("\u0000"), literal=True))).alias("dangle"),
+            (t.str.contains(rf"\p{{Han}}[{NEVER_FINAL}]\z") | t.str.contains(f"(?:{'|'.join(NEVER_FINAL_WORDS)})\\z"))
+            .alias("nf"),
+            t.str.contains(r"\n[ \t\u3000]*\p{Han}{1,2}\z").alias("dangle"),
             # only texts with an opener, a fence or a JSON start can be unclosed; a pair only counts
             # when the text stops open (on a letter, digit or the opening mark itself)
-            (t.str.contains(r"```|\A[{\[]\s*[\"'{\[\d-]") | (t.str.contains(r"[《“「『【]") & t.str.contains(r"[\p{L}\p{N}《“「『【]\z")))
-            .alias("maybe_open"),
+            (t.str.contains(r"```|\A[{\[]\s*[\"'{\[\d-]")
+             | (t.str.contains(r"[《“「『【]") & t.str.contains(r"[\p{L}\p{N}《“「『【]\z"))).alias("open"),
             # only answers of a prompt with options can fail to name one
-            text_expr(self._prompt).str.contains(r"(?:^|[\s（(:：])C[.．、:：)）]").alias("maybe_choice"),
+            text_expr(self._prompt).str.contains(r"(?:^|[\s（(:：])C[.．、:：)）]").alias("choice"),
         )
+        on = {"cont": self.continuing, "nf": self.never_final, "dangle": self.dangling_line,
+              "open": self.unclosed, "choice": self.choice}
+        masks = {k: flags[k].fill_null(False).to_numpy() & on[k] for k in flags.columns}
         out: list[str | None] = [None] * frame.height
-        texts = cols["t"].to_list()
-        for flag, on, why in (("cont", self.continuing, "ends on a continuing mark"),
-                              ("nf", self.never_final, "ends on a word that never ends a sentence"),
-                              ("dangle", self.dangling_line, "dangling last line")):
-            if on:
-                for i in np.flatnonzero(cols[flag].fill_null(False).to_numpy()):
-                    out[i] = out[i] or why
-        if self.unclosed:
-            for i in np.flatnonzero(cols["maybe_open"].fill_null(False).to_numpy()):
-                if out[i] is None:
-                    out[i] = unclosed_pair(texts[i] or "")
-        if self.choice:
-            idx = np.flatnonzero(cols["maybe_choice"].fill_null(False).to_numpy())
-            if len(idx):
-                prompts = frame[idx].select(text_expr(self._prompt).alias("p"))["p"].to_list()
-                for i, p in zip(idx, prompts):
-                    if out[i] is None and names_no_choice(p or "", texts[i] or ""):
-                        out[i] = "multiple choice, no choice named"
+        cand = np.flatnonzero(np.logical_or.reduce(list(masks.values())))
+        if not len(cand):
+            return out
+        sub = frame[cand].select(t.alias("t"), text_expr(self._prompt).alias("p"))
+        for i, text, prompt in zip(cand, sub["t"].to_list(), sub["p"].to_list()):
+            text, why = text or "", None
+            if masks["cont"][i]:
+                why = "ends on a continuing mark"
+            elif masks["nf"][i] and _visible_chars(text) >= 5:
+                why = "ends on a word that never ends a sentence"
+            elif masks["dangle"][i] and _dangling_line(text):
+                why = "dangling last line"
+            elif masks["open"][i]:
+                why = unclosed_pair(text)
+            if why is None and masks["choice"][i] and names_no_choice(prompt or "", text):
+                why = "multiple choice, no choice named"
+            out[i] = why
         return out
 
     def measure(self, frame: pl.DataFrame) -> pl.Series:
