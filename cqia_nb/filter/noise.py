@@ -5,8 +5,8 @@
     from cqia_nb.filter.noise import NoiseConfig, inject_noise, score_filters, caught_by_kind
     noisy = inject_noise(clean, NoiseConfig(rate=0.02, seed=0))
     result = run_pipeline(noisy, PipelineConfig.from_yaml("recipes/….yaml"))
-    score_filters(result, noisy)      # precision / recall per step, per noise kind, overall
-    caught_by_kind(result, noisy)     # kind x step counts
+    score_filters(result, noisy, clean)   # precision / recall per step, per noise kind, overall
+    caught_by_kind(result, noisy, clean)  # kind x step counts (clean: credit noise a transform repaired)
 
 ``inject_noise`` returns the clean records unchanged (``noise_kind`` null) followed by noisy
 variants, one per (kind, k): a copy of a sampled clean record with one kind of noise applied,
@@ -52,6 +52,14 @@ gone entirely). Every other dropped clean record is a false positive of the step
 So each dropped record is exactly one TP or one FP, and the TP of a step are the positives it
 caught: ``precision = tp / (tp + fp)``, ``recall = tp / (tp + fn)``, ``fn = n_positive - tp``.
 
+Noise a transform undoes (``REPAIRABLE_KINDS``: traditional_chars, which the default recipe
+converts to simplified instead of dropping) is caught too when the scorers are given the clean
+frame (``score_filters(result, noisy, clean)``): a noisy record the pipeline *kept*, that a
+transform step changed, and whose text now equals its clean source's (or the source as OpenCC
+t2s writes it, see ``repaired``) counts as caught by that transform step, via "repaired". A
+record the transform merely changed, or left alone, is still a miss. Without ``clean`` only
+drops count.
+
 Two consequences worth knowing: steps run in order, so a step's recall counts only what earlier
 steps left for it (use ``caught_by_kind`` for the per-step view, or run a filter alone to measure
 it in isolation); and every noisy variant is also a near duplicate of its source, so a dedup step
@@ -75,6 +83,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import polars as pl
+
+from cqia_nb.filter.rules.traditional import convert_texts
 
 NOISE_KINDS: tuple[str, ...] = (
     "ad", "url", "email", "phone", "qq_wechat", "exact_duplicate", "near_duplicate",
@@ -668,12 +678,13 @@ def _step_key(dropped: pl.DataFrame) -> pl.Expr:
     raise ValueError("result.dropped has neither step_name nor step: not a PipelineResult.dropped frame")
 
 
-def _steps_of(result: Any, dropped_steps: list[str]) -> list[tuple[str, str | None]]:
-    """(step name, filter name) of the filter steps in pipeline order, then any others seen."""
+def _steps_of(result: Any, dropped_steps: list[str], transforms: bool = False) -> list[tuple[str, str | None]]:
+    """(step name, filter name) of the filter steps (and with ``transforms`` the transform steps)
+    in pipeline order, then any others seen."""
     out: list[tuple[str, str | None]] = []
     steps = getattr(result, "steps", None)
     if isinstance(steps, pl.DataFrame) and steps.height and "name" in steps.columns:
-        if "kind" in steps.columns:
+        if "kind" in steps.columns and not transforms:
             steps = steps.filter(pl.col("kind").fill_null("filter") == "filter")
         filt = steps["filter"].to_list() if "filter" in steps.columns else [None] * steps.height
         out = list(zip([str(s) for s in steps["name"].to_list()], filt))
@@ -682,13 +693,63 @@ def _steps_of(result: Any, dropped_steps: list[str]) -> list[tuple[str, str | No
     return out
 
 
-def attribute_drops(result: Any, noisy: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+#: Noise kinds a transform step can undo: the noisy record leaves the pipeline without its noise.
+REPAIRABLE_KINDS: frozenset[str] = frozenset({"traditional_chars"})
+
+
+def repaired(result: Any, noisy: pl.DataFrame, clean: pl.DataFrame,
+             kinds: frozenset[str] | set[str] = REPAIRABLE_KINDS) -> dict[str, str]:
+    """Noisy records of ``kinds`` that a transform step repaired: record_id -> the first transform
+    step (pipeline order) that changed it, for the records the pipeline *kept*, that step changed,
+    and whose instruction, input and output now equal their clean source's (``noise_of`` in
+    ``clean``).
+
+    "Equal" allows one thing: where the clean source itself holds characters the conversion maps
+    (於, 乾, 鄴 in simplified text, below the transform's threshold on their own), the repaired text
+    may hold the converted form. So a field counts as repaired when it equals the source or the
+    source converted by OpenCC ``t2s`` (the ``to_simplified`` step's own change, not the noise);
+    a record the transform did not change, or changed into anything else, is not repaired.
+    """
+    steps = getattr(result, "steps", None)
+    measured = getattr(result, "measured", {}) or {}
+    if not isinstance(steps, pl.DataFrame) or "kind" not in steps.columns:
+        return {}
+    order = [str(n) for n, k in zip(steps["name"].to_list(), steps["kind"].to_list()) if k == "transform"]
+    changed_by: dict[str, str] = {}
+    for step in order:
+        m = measured.get(step)
+        if m is None or "changed" not in m.columns:
+            continue
+        for rid in m.filter(pl.col("changed").fill_null(False))["record_id"].to_list():
+            changed_by.setdefault(rid, step)
+    cand = noisy.filter(pl.col("noise_kind").is_in(sorted(kinds)) & pl.col("record_id").is_in(list(changed_by)))
+    kept = result.kept.filter(pl.col("record_id").is_in(cand["record_id"].to_list()))
+    if kept.height == 0:
+        return {}
+    fields = [c for c in _TEXT_FIELDS if c in kept.columns and c in clean.columns]
+    src = clean.select(pl.col("record_id").alias("noise_of"), *[pl.col(c).cast(pl.String).alias(f"{c}__src") for c in fields])
+    j = (kept.select("record_id", *[pl.col(c).cast(pl.String) for c in fields])
+         .join(cand.select("record_id", "noise_of"), on="record_id").join(src, on="noise_of", how="inner"))
+    ok = pl.Series([True] * j.height)
+    for c in fields:
+        got, want = j[c].fill_null(""), j[f"{c}__src"].fill_null("")
+        ok = ok & ((got == want) | (got == convert_texts(want, "t2s").fill_null("")))
+    return {rid: changed_by[rid] for rid in j.filter(ok)["record_id"].to_list()}
+
+
+def attribute_drops(result: Any, noisy: pl.DataFrame,
+                    clean: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The accounting behind the scores (see the module docstring).
 
     Returns ``(drops, positives)``: ``drops`` has one row per dropped record (record_id, step,
     outcome "tp"/"fp", credited = the positive it counts for, credited_kind); ``positives`` has
     one row per noisy record (record_id, noise_kind, noise_of, caught_step, caught_via = "self" /
-    "original" / null).
+    "original" / "repaired" / null).
+
+    ``clean``: the frame the noise was injected into (``inject_noise``'s input). With it, a noisy
+    record of a kind a transform can undo (``REPAIRABLE_KINDS``) that no step dropped counts as
+    caught by the transform step that changed it, via "repaired", when the pipeline kept it
+    without its noise (``repaired``). Without ``clean`` only drops count, as before.
     """
     for c in ("record_id", "noise_kind", "noise_of"):
         if c not in noisy.columns:
@@ -738,6 +799,9 @@ def attribute_drops(result: Any, noisy: pl.DataFrame) -> tuple[pl.DataFrame, pl.
         pl.Series("credited_kind", [kind_of.get(c) if c else None for c in drow_credit], dtype=pl.String))
     pos = noisy.filter(pl.col("noise_kind").is_not_null()).select("record_id", "noise_kind", "noise_of")
     pos_ids = pos["record_id"].to_list()
+    if clean is not None:
+        for rid, step in repaired(result, noisy, clean).items():
+            caught.setdefault(rid, (step, "repaired"))
     positives = pos.with_columns(
         pl.Series("caught_step", [caught.get(r, (None, None))[0] for r in pos_ids], dtype=pl.String),
         pl.Series("caught_via", [caught.get(r, (None, None))[1] for r in pos_ids], dtype=pl.String))
@@ -750,7 +814,7 @@ SCORE_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def score_filters(result: Any, noisy: pl.DataFrame) -> pl.DataFrame:
+def score_filters(result: Any, noisy: pl.DataFrame, clean: pl.DataFrame | None = None) -> pl.DataFrame:
     """Precision and recall of every filter step and of the whole pipeline, per noise kind.
 
     One row per (step, noise_kind), with ``step = "(all)"`` for the pipeline as a whole and
@@ -762,9 +826,12 @@ def score_filters(result: Any, noisy: pl.DataFrame) -> pl.DataFrame:
       number, so its precision is the step's precision if that kind were the only noise.
     - precision = tp / (tp + fp), recall = tp / n_positive; null (not NaN, no error) when the
       denominator is 0.
+
+    With ``clean`` (the frame the noise was injected into), noise a transform repaired counts as
+    caught by that transform (``repaired``; its rows then appear too, with fp 0).
     """
-    drops, positives = attribute_drops(result, noisy)
-    steps = _steps_of(result, drops["step"].to_list())
+    drops, positives = attribute_drops(result, noisy, clean)
+    steps = _steps_of(result, drops["step"].to_list(), transforms=clean is not None)
     kinds = _kind_order(positives["noise_kind"].to_list()) + [ALL]
     n_pos = {k: 0 for k in kinds}
     for k in positives["noise_kind"].to_list():
@@ -790,16 +857,17 @@ def score_filters(result: Any, noisy: pl.DataFrame) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=SCORE_SCHEMA, orient="row")
 
 
-def caught_by_kind(result: Any, noisy: pl.DataFrame) -> pl.DataFrame:
+def caught_by_kind(result: Any, noisy: pl.DataFrame, clean: pl.DataFrame | None = None) -> pl.DataFrame:
     """Noise kind x filter step: how many noisy records of each kind each step caught.
 
     Rows: each noise kind present, then ``(clean)`` (its step columns are false positives).
     Columns: noise_kind, n (records), one count column per filter step (pipeline order), and
     not_caught (noisy records no step caught; for ``(clean)``: clean records not wrongly
-    dropped). Each row's step columns plus not_caught sum to n.
+    dropped). Each row's step columns plus not_caught sum to n. With ``clean``, transform steps
+    get a column too, counting the noise they repaired (``repaired``).
     """
-    drops, positives = attribute_drops(result, noisy)
-    steps = [s for s, _ in _steps_of(result, drops["step"].to_list())]
+    drops, positives = attribute_drops(result, noisy, clean)
+    steps = [s for s, _ in _steps_of(result, drops["step"].to_list(), transforms=clean is not None)]
     kinds = _kind_order(positives["noise_kind"].to_list())
     counts: dict[tuple[str, str], int] = {}
     for k, s in zip(positives["noise_kind"].to_list(), positives["caught_step"].to_list()):

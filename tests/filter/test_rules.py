@@ -48,6 +48,8 @@ CASES = [
     ("mojibake", {}, "作品以â€œæ‚¬ç–‘â€著称。", "作品以“悬疑”著称。"),
     ("mojibake", {}, "锟斤拷锟斤拷烫烫烫", "这是一段正常的文字。"),
     ("mojibake", {}, "中文测试\ufffd\ufffd内容", "中文测试内容"),
+    ("mojibake", {}, "简介：" + "我个人喜欢阻尼感强一些的钢笔".encode().decode("gbk") + "钢笔。", "简介：我个人喜欢钢笔。"),
+    ("symbol_run", {}, CLEAN_A + "◆€¤☆Â○◇§", CLEAN_A + "评分：★★★★☆"),
     ("char_repetition", {}, "啊" * 200 + CLEAN_A, CLEAN_A),
     ("ngram_repetition", {}, CLEAN_A * 5, CLEAN_A),
     ("consecutive_repeats", {}, CLEAN_A + "综上所述" * 10, CLEAN_A + "综上所述，开放时间以官网为准。"),
@@ -58,6 +60,8 @@ CASES = [
     ("empty_output", {}, "。。。", "0"),
     ("truncated", {}, CLEAN_A + "另外，馆内设有餐厅和纪念品商店，游客可以在参观之后", CLEAN_A + "另外，馆内设有餐厅和纪念品商店。"),
     ("truncated", {}, CLEAN_A + "另外馆内还有餐厅、纪念品商店和儿童活动区，", CLEAN_A + "另外馆内还有餐厅。"),
+    ("unfinished_answer", {}, "开放时间以官网为准，节假日和", "开放时间以官网为准，节假日除外。"),
+    ("unfinished_answer", {}, "出自李白《静夜", "出自李白《静夜思》"),
     ("length", {"min_chars": 5, "max_chars": 100}, "太短", "长度刚好合适的回答。"),
     ("length", {"min_chars": 1, "max_chars": 20}, "这个回答太长了" * 10, "长度合适。"),
 ]

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 from cqia_nb.filter.rules.answers import (  # noqa: F401
+    NEVER_FINAL,
+    NEVER_FINAL_WORDS,
+    SIGN_OFFS,
     AnswerRepeatsQuestionFilter,
     TruncatedFilter,
+    UnfinishedAnswerFilter,
+    names_no_choice,
+    unclosed_pair,
 )
 from cqia_nb.filter.rules.chars import (  # noqa: F401
+    GARBAGE_SYMBOL,
     NORMAL_PUNCT,
     SPECIAL_CHAR,
     MojibakeFilter,
     NonChineseRatioFilter,
     SpecialCharsFilter,
+    SymbolRunFilter,
+    gbk_mojibake_chars,
 )
 from cqia_nb.filter.rules.common import (  # noqa: F401
     ALL_TEXT,

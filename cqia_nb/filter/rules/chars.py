@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from functools import lru_cache
 
 import numpy as np
 import polars as pl
@@ -71,6 +73,79 @@ _CP1252_HIGH = char_class((0x80, 0xBF), 0x152, 0x153, 0x160, 0x161, 0x178, 0x17D
                     0x2039, 0x203A, 0x20AC, 0x2122)
 
 
+#: A character that is not CJK text but appears in garbled text: Latin-1 and Latin Extended-A
+#: letters and symbols (the bytes of UTF-8 read as Latin-1 / cp1252: ``Ã¤Â¸``), the cp1252 forms
+#: (``€ ™ † ‡ • ‰``), C1 controls, ``※``, arrows, box drawing, geometric shapes (``■◆▲●``),
+#: miscellaneous symbols (``★☆``) and U+FFFD. ``symbol_run`` counts the distinct ones in a run.
+GARBAGE_SYMBOL = "[" + char_class(
+    (0x80, 0x9F), (0xA1, 0xFF), (0x152, 0x153), (0x160, 0x161), 0x178, (0x17D, 0x17E), 0x192, 0x2C6, 0x2DC,
+    0x2020, 0x2021, 0x2022, 0x2030, 0x2039, 0x203A, 0x203B, 0x20AC, 0x2122,
+    (0x2190, 0x21FF), (0x2500, 0x25FF), (0x2600, 0x26FF), 0xFFFD) + "]"
+
+@lru_cache(maxsize=1)
+def _common_class() -> str:
+    """A regex class of the GB2312 characters (the 6,763 common hanzi) and CJK / full-width punctuation."""
+    cps = [c for c in range(0x4E00, 0xA000) if _in_gb2312(chr(c))]
+    ranges: list[list[int]] = []
+    for c in cps:
+        if ranges and ranges[-1][1] == c - 1:
+            ranges[-1][1] = c
+        else:
+            ranges.append([c, c])
+    return "[\u3000-\u303f\uff00-\uffef" + "".join(f"{chr(a)}-{chr(b)}" if a < b else chr(a) for a, b in ranges) + "]"
+
+
+def _in_gb2312(ch: str) -> bool:
+    try:
+        ch.encode("gb2312")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=1)
+def _gbk_lead_class() -> str:
+    """A regex class of the characters whose GBK bytes are a UTF-8 lead byte (E0-EF) and a
+    continuation byte (80-BF), 1,024 of them. Every run of two or more UTF-8 triples in a GBK byte
+    stream contains one (the pairs are 2 bytes wide, the triples 3), so a text without any hides no
+    GBK mojibake and is not decoded."""
+    cps = []
+    for c in range(0x80, 0x10000):
+        if 0xD800 <= c <= 0xDFFF:
+            continue
+        try:
+            b = chr(c).encode("gbk")
+        except UnicodeEncodeError:
+            continue
+        if len(b) == 2 and 0xE0 <= b[0] <= 0xEF and 0x80 <= b[1] <= 0xBF:
+            cps.append(c)
+    return "[" + char_class(*cps) + "]"
+
+
+@lru_cache(maxsize=8)
+def _gbk_regexes(min_chars: int) -> tuple[re.Pattern[bytes], re.Pattern[str]]:
+    k = max(min_chars, 1)
+    return re.compile(rb"(?:[\xe0-\xef][\x80-\xbf]{2}){%d,}" % k), re.compile(f"{_common_class()}{{{k},}}")
+
+
+def gbk_mojibake_chars(text: str, min_chars: int = 1) -> int:
+    """The longest run (of at least ``min_chars``, else 0) of common Chinese characters hidden in
+    ``text`` as GBK mojibake: UTF-8 bytes read as GBK ("鎴戜釜浜" for 我个人). The text is encoded
+    as GBK again and searched for runs of valid three-byte UTF-8 sequences; a decoded run counts
+    only as far as it is common CJK text (GB2312 characters, CJK punctuation). Normal Chinese
+    encoded as GBK gives such bytes by chance (GB2312 bytes are A1-FE), but they decode to rare
+    characters or garbage: on the real CQIA copy the longest run is 1 character, in a mojibake
+    span it is the whole span."""
+    triples, common = _gbk_regexes(min_chars)
+    best = 0
+    for m in triples.finditer(text.encode("gbk", errors="replace")):
+        if len(m.group(0)) // 3 <= best:
+            continue
+        for c in common.finditer(m.group(0).decode("utf-8", errors="replace")):
+            best = max(best, len(c.group(0)))
+    return best
+
+
 @register
 @dataclasses.dataclass
 class MojibakeFilter(PatternFilter):
@@ -79,22 +154,105 @@ class MojibakeFilter(PatternFilter):
     and UTF-8 read as Latin-1/cp1252: ``ä¸­æ–‡`` for 中文 (two or more lead characters
     ``â-é``/``ï`` each followed by two bytes of the ``\x80-\xBF`` range or their cp1252 forms;
     ``ã€‚`` for 。, ``ï¼Œ`` for ，) and any ``â€`` + such a byte (``â€œ`` for “, ``â€”`` for —),
-    which no real text contains.
+    which no real text contains. Issue 14 added what a short garbled span leaves: a single
+    Latin-1 triple (``å¾·`` for 德: a lead ``\xE0-\xEF`` and two ``\x80-\xBF`` characters, not
+    their cp1252 forms, so "ì——" in pinyin stays), a two-byte one (``Ã©`` for é, ``Â·`` for ·),
+    C1 control characters (``\x80-\x9F``, what Latin-1 makes of bytes cp1252 would show as ``€ ™``),
+    and GBK mojibake (UTF-8 read as GBK, "鎴戜釜浜哄枩娆" for 我个人喜欢, which regexes cannot
+    tell from rare characters): with ``gbk_min_chars`` (default 2, 0 turns it off) a record counts
+    one more match when ``gbk_mojibake_chars`` finds that many common characters hidden in a row.
 
-    Value = number of such sequences; default ``max_count: 0``. Real data: 3 records, each
-    with a real U+FFFD (exam, segmentfault, xhs).
+    Value = number of such sequences (+1 for GBK mojibake); default ``max_count: 0``. Real data:
+    3 records, each with a real U+FFFD (exam, segmentfault, xhs); the issue-14 additions drop 0
+    (no C1 control, no Latin-1 triple or pair, longest hidden GBK run 1 character in 17,971 records).
     ``special_chars`` sees part of this too (``¤ ¸ ¦``), but a short garbled span in a long
     answer stays under any ratio threshold that spares emoji-rich xhs notes.
     """
 
     name = "mojibake"
-    description = "mis-decoded text (U+FFFD, 锟斤拷, UTF-8 read as Latin-1)"
+    description = "mis-decoded text (U+FFFD, 锟斤拷, UTF-8 read as Latin-1 or GBK)"
+    gbk_min_chars: int = 2
     DEFAULT_PATTERNS = (
         r"\x{FFFD}+",
         r"锟斤拷|烫烫烫|屯屯屯",
         rf"(?:[\x{{E2}}-\x{{E9}}\x{{EF}}][{_CP1252_HIGH}]{{2}}){{2,}}",
         rf"â€[{_CP1252_HIGH}]",  # a curly quote or dash read as cp1252: “ -> â€œ
+        r"[\x{80}-\x{9F}]+",  # C1 controls: bytes 0x80-0x9F read as Latin-1
+        r"[\x{E0}-\x{EF}][\x{80}-\x{BF}]{2}",  # one 3-byte UTF-8 character read as Latin-1: å¾· (德)
+        r"[\x{C2}\x{C3}][\x{80}-\x{BF}]",  # one 2-byte character read as Latin-1: Ã© (é), Â· (·)
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gbk_min_chars < 0:
+            raise ValueError(f"gbk_min_chars must be >= 0 (0: off), got {self.gbk_min_chars}")
+
+    def _gbk(self, frame: pl.DataFrame) -> np.ndarray:
+        """1 where ``gbk_min_chars`` common characters hide as GBK mojibake, else 0. Only texts with
+        a character of ``_gbk_lead_class`` can (2,805 of the 17,971 real records); the check runs on those."""
+        out = np.zeros(frame.height, dtype=np.float64)
+        if self.gbk_min_chars == 0 or frame.height == 0:
+            return out
+        texts = series_of(frame, self.text(self.skip_code), "t")
+        lead = r"\p{Han}" if self.gbk_min_chars < 2 else _gbk_lead_class()
+        cand = np.flatnonzero(texts.str.contains(lead).fill_null(False).to_numpy())
+        for i, t in zip(cand, texts.gather(cand).to_list()):
+            if gbk_mojibake_chars(t, self.gbk_min_chars) >= self.gbk_min_chars:
+                out[i] = 1.0
+        return out
+
+    def measure(self, frame: pl.DataFrame) -> pl.Series:
+        return super().measure(frame).cast(pl.Float64) + pl.Series("value", self._gbk(frame))
+
+    def details(self, frame: pl.DataFrame, values: pl.Series) -> pl.Series | None:
+        first = super().details(frame, values)
+        # a record counted but without a regex match was counted for its GBK mojibake
+        gbk = (values.fill_null(0) > 0).to_numpy() & first.is_null().to_numpy()
+        return first.scatter(np.flatnonzero(gbk), "GBK mojibake (UTF-8 read as GBK)") if gbk.any() else first
+
+
+@register
+@dataclasses.dataclass
+class SymbolRunFilter(TextFilter):
+    """A run of garbage symbols: value = the most distinct characters in one run of
+    ``GARBAGE_SYMBOL`` characters (Latin-1 and cp1252 letters and signs ``Ã Â â ¤ § ¶ ¬ ± µ ¿ œ ž
+    € ™ † ‡``, arrows, box drawing, geometric shapes ``■ ◆ ▲ ●``, ``★ ☆ ※``, U+FFFD) with nothing else
+    between them, e.g. "◆€¤☆Â○◇§" left by mis-decoding or pasted binary. Keeps ``value <
+    min_distinct``.
+
+    What real text writes with these characters repeats one or two of them: ratings "★★★★☆",
+    progress bars "▓▓▓░░░", separators "━━━━●───", box frames "┏┈┈┓"; a word with a Latin-1
+    letter ("café") has ASCII around it. On the real CQIA copy (17,971 records) the most distinct
+    characters in such a run is 3 (xhs kaomoji frames "╰◟◞"), so the default ``min_distinct: 5``
+    drops 0 real records; emoji and decorative letters (𝕮𝖍𝖗𝖎𝖘𝖙, ʜᴀᴘᴘʏ) are outside the class. A
+    garbled span in a long answer stays under ``special_chars``' ratio; this rule does not
+    depend on the answer's length.
+    """
+
+    name = "symbol_run"
+    description = "a run of distinct garbage symbols (mojibake, pasted binary)"
+    threshold_fields = ("min_distinct",)
+    min_distinct: int = 5
+    min_run: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min_distinct < 2:
+            raise ValueError(f"min_distinct must be >= 2, got {self.min_distinct}")
+
+    def _runs(self) -> pl.Expr:
+        return self.text().str.extract_all(f"{GARBAGE_SYMBOL}{{{max(self.min_run, 2)},}}")
+
+    def measure(self, frame: pl.DataFrame) -> pl.Series:
+        distinct = self._runs().list.eval(pl.element().str.split("").list.n_unique()).list.max().fill_null(0)
+        return series_of(frame, distinct.cast(pl.Float64))
+
+    def keep(self, values: pl.Series) -> pl.Series:
+        return values < self.min_distinct
+
+    def details(self, frame: pl.DataFrame, values: pl.Series) -> pl.Series | None:
+        longest = self._runs().list.eval(pl.element().sort_by(pl.element().str.len_chars(), descending=True)).list.first()
+        return series_of(frame, longest.str.slice(0, 40), "detail")
 
 
 _URLISH = r"(?i)(?:https?|ftp)://\S+|www\.\S+|[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+"
