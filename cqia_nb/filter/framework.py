@@ -32,6 +32,10 @@ A bad recipe fails in ``PipelineConfig.build()`` (called first by ``run_pipeline
 record is touched: unknown step names, unknown parameters, parameters of the wrong type, invalid
 regular expressions, and (in ``run_pipeline``) columns the input lacks. Every message names the
 step. Outputs: ``write_outputs(result, out_dir)`` and ``read_kept(out_dir)``.
+
+Why this module is long: it is the one contract every engine shares (the step classes, the recipe's
+validation, ``run_batch``, the stream protocol and the in-memory pipeline); split, each part would
+import the others.
 """
 
 from __future__ import annotations
