@@ -81,19 +81,38 @@ class RayCluster:
 
     def __init__(self, ray_bin: str, temp_dir: Path):
         self.ray_bin, self.temp_dir = ray_bin, temp_dir
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.port = 0
+        self.address = ""
         self.sid: int | None = None
         self.watchdog: subprocess.Popen | None = None
         self.start_seconds = 0.0
+        self.start_errors: list[str] = []  # of the tries that failed
 
-    def start(self) -> "RayCluster":
+    def start(self, tries: int = 2) -> "RayCluster":
+        """Start both nodes and wait until they are alive; once more, on fresh ports, if that fails (a
+        port taken between choosing it and Ray binding it, say: other clusters may start beside)."""
         t0 = time.perf_counter()
+        for _ in range(tries):
+            try:
+                self._start_once()
+                break
+            except Exception as e:  # the error says which command failed and how
+                self.start_errors.append(str(e))
+        else:
+            raise RuntimeError("the Ray test cluster did not start:\n" + "\n---\n".join(self.start_errors))
+        self.start_seconds = time.perf_counter() - t0
+        return self
+
+    def _start_once(self) -> None:
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
         common = ["--num-cpus", "1", "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats",
-                  "--node-ip-address", "127.0.0.1"]
+                  "--node-ip-address", "127.0.0.1", "--include-log-monitor", "false"]
         head = [self.ray_bin, "start", "--head", "--port", str(self.port), "--include-dashboard", "false",
-                "--dashboard-port", str(free_port()), "--temp-dir", str(self.temp_dir), *common]
-        node = [self.ray_bin, "start", "--address", self.address, *common]
+                "--dashboard-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+                "--temp-dir", str(self.temp_dir), *common]
+        node = [self.ray_bin, "start", "--address", self.address, "--dashboard-agent-listen-port", str(free_port()),
+                *common]
         proc = subprocess.Popen(["bash", "-c", f"{shlex.join(head)} && {shlex.join(node)}"], cwd=ROOT,
                                 start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, **CLUSTER_ENV})
@@ -106,10 +125,10 @@ class RayCluster:
                 raise RuntimeError(f"`ray start` failed ({proc.returncode}):\n{out[-3000:]}")
             self.wait_nodes(2)
         except BaseException:
+            if proc.poll() is None:
+                proc.kill()
             self.stop()
             raise
-        self.start_seconds = time.perf_counter() - t0
-        return self
 
     def wait_nodes(self, n: int) -> None:
         """Until ``n`` nodes are alive (connects this process, then disconnects it)."""
