@@ -228,9 +228,10 @@ class _Keys:
         live, _ = _split(table)
         bounds = batch_slices(live, self.flt.required_columns(), self.batch_rows, self.batch_bytes)
         parts = [self.flt.stream_keys(live.slice(o, n)) for o, n in bounds]
-        keys = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
-        if keys is None:
+        if any(p is None for p in parts):
             raise RuntimeError(f"filter {self.flt.name!r}: stream_keys gave nothing")
+        keys = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
+        assert keys is not None
         return _arrow(keys.filter(pl.col("_h").is_not_null()) if self.hashed_only else keys)
 
 
