@@ -19,7 +19,8 @@ from cqia_nb.eval import mc as ev
 from cqia_nb.eval import sweep as sweeps
 from cqia_nb.eval.belle import cli as open_eval
 from cqia_nb.filter.framework import FilterRun, run_pipeline
-from cqia_nb.filter.outputs import read_kept, write_outputs
+from cqia_nb.filter.outputs import write_outputs
+from cqia_nb.filter.streaming import STREAM_ABOVE_BYTES, Source, parquet_files, run_streaming
 from cqia_nb.train import cli as train_mod
 
 
@@ -104,20 +105,21 @@ def cmd_notebooks(args: argparse.Namespace) -> int:
 
 
 def _filter_input(source: str):
-    """A frame from INPUT: 'bundled', a COIG-CQIA folder/file, or a previous run's kept.parquet
-    (or its folder)."""
-
+    """The records of INPUT: 'bundled', a COIG-CQIA folder/file, a parquet file or folder of
+    parquet shards, or a previous run's folder (its kept.parquet), as a streaming Source (parquet
+    read by row groups; the rest through the loader) and the LoadResult when the loader read it."""
     p = Path(source)
-    if source != "bundled" and (p.suffix == ".parquet" or (p.is_dir() and (p / "kept.parquet").is_file())):
-        return read_kept(p), None
+    files = parquet_files(p) if source != "bundled" else None
+    if files is not None:
+        return Source(files=files, label=source), None
     if source != "bundled" and not p.exists():
         raise FileNotFoundError(f"{source}: no such file or folder; INPUT is a COIG-CQIA folder or .jsonl file, "
-                                "'bundled', or a kept.parquet from a previous `cqia-nb filter` run")
+                                "'bundled', parquet shards, or a kept.parquet from a previous `cqia-nb filter` run")
     res = _load(source)
     if res.n_loaded == 0:
         raise ValueError(f"{source}: no records could be loaded ({res.problems.height} problems; "
                          f"run `cqia-nb validate {source}`)")
-    return res.frame, res
+    return Source(frame=res.frame, label=source), res
 
 
 def _positional_paths(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, str | None]:
@@ -132,19 +134,28 @@ def _positional_paths(args: argparse.Namespace, names: tuple[str, ...]) -> dict[
 def cmd_filter(args: argparse.Namespace) -> int:
     import polars as pl
 
-    run = FilterRun.from_yaml(args.config, cli_overrides(_positional_paths(args, ("input", "out_dir")),
-                                                         args.overrides))
+    flags = {**_positional_paths(args, ("input", "out_dir")), "streaming": args.streaming}
+    run = FilterRun.from_yaml(args.config, cli_overrides(flags, args.overrides))
     config = run.pipeline
     config.build()  # a bad recipe fails here, before the input is read
     if run.out_dir is None:
         raise ConfigError("no out_dir: add --set out_dir=DIR (or give INPUT OUT_DIR)")
     check_writable(run.out_dir)  # before the run; the outputs are written, then renamed into place
-    frame, res = _filter_input(run.input)
+    source, res = _filter_input(run.input)
     if res is not None and res.problems.height:
         print(f"note: {res.problems.height} problems in the input, {res.n_rejected} records not loaded "
               f"(run `cqia-nb validate {run.input}`)")
-    result = run_pipeline(frame, config)
-    paths = write_outputs(result, run.out_dir)
+    streaming = run.streaming if run.streaming is not None else source.nbytes > STREAM_ABOVE_BYTES
+    if streaming:
+        result = run_streaming(source, config, run.out_dir, spill_dir=run.spill_dir, progress=sys.stderr.isatty())
+        paths = result.paths
+        for step, b in result.index_bytes.items():
+            print(f"streaming: {step} kept {b:.0f} bytes a record for its decision (spilled to disk)")
+        for step in result.in_memory_steps:
+            print(f"streaming: {step} has no stream protocol: the records reaching it were read into memory")
+    else:
+        result = run_pipeline(source.read_all(), config)
+        paths = write_outputs(result, run.out_dir)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    tbl_formatting="MARKDOWN", tbl_width_chars=200):
         print(result.steps.drop("seconds").with_columns(pl.all().cast(pl.String)))
@@ -299,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, config_help="a YAML recipe, e.g. recipes/filter-default.yaml")
     p.add_argument("input", metavar="INPUT", nargs="?", help="older form of --set input=INPUT")
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="older form of --set out_dir=OUT_DIR")
+    p.add_argument("--streaming", dest="streaming", action="store_const", const=True, default=None,
+                   help="one batch in memory at a time, spilling to disk (same outputs); default: when the "
+                        "input's parquet files exceed 2 GiB (--set streaming=true/false, spill_dir=DIR)")
+    p.add_argument("--no-streaming", dest="streaming", action="store_const", const=False,
+                   help="hold every record in memory, whatever the input's size")
     p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("build", help="build subsets and mixtures from a spec; writes every export format and "

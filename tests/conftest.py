@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,3 +208,19 @@ def sigkill_when(proc: subprocess.Popen, ready: Callable[[], bool], timeout_s: f
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
+
+
+def float_bits_equal(a: pl.Series, b: pl.Series) -> bool:
+    """Float64 columns equal bit for bit, nulls in the same places (NaN == NaN, -0.0 != 0.0)."""
+    na, nb = a.is_null().to_numpy(), b.is_null().to_numpy()
+    va = a.fill_null(0.0).to_numpy().view(np.uint64)
+    vb = b.fill_null(0.0).to_numpy().view(np.uint64)
+    return bool(np.array_equal(na, nb) and np.array_equal(va[~na], vb[~nb]))
+
+
+def assert_frames_identical(a: pl.DataFrame, b: pl.DataFrame, what: str) -> None:
+    assert a.schema == b.schema, f"{what}: schema {a.schema} != {b.schema}"
+    assert a.equals(b, null_equal=True), f"{what}: frames differ"
+    for c, t in a.schema.items():
+        if t == pl.Float64:
+            assert float_bits_equal(a[c], b[c]), f"{what}: column {c} differs in its float bits"

@@ -96,3 +96,9 @@ def window_hash(u: np.ndarray, n: int) -> np.ndarray:
             acc = acc[:m + n - offset - b] * np.uint64(pow(WINDOW_BASE, b, 1 << 64)) + pows[b][offset:offset + m + n - offset - b]
             offset += b
         return acc[:m]
+
+
+def digests128(texts: Any) -> list[bytes]:
+    """BLAKE2b-128 of each string's UTF-8 (16 bytes each): the identity of a text where an engine
+    keeps a key instead of the text (collisions: ~n**2 / 2**129, nil at any real size)."""
+    return [hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in texts]

@@ -59,6 +59,7 @@ Survivor (``keep``; the filters call it ``survivor`` because ``keep`` is the fil
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -69,7 +70,18 @@ import polars as pl
 
 from cqia_nb.core.text import normalize_expr
 from cqia_nb.filter.framework import Filter, register
-from cqia_nb.filter.minhash import FIELD_SEP, MinHashConfig, connected_components, similar_texts
+from cqia_nb.core.hashing import digests128
+from cqia_nb.filter.minhash import (
+    FIELD_SEP,
+    MinHashConfig,
+    _agreement,
+    _ShingleSets,
+    _signatures,
+    band_hashes,
+    candidate_pairs,
+    connected_components,
+    similar_texts,
+)
 
 #: dedup compares text with whitespace and punctuation removed (``cqia_nb.core.text.normalize_expr``)
 DEDUP_SEPARATOR = ""
@@ -344,6 +356,86 @@ def near_duplicates(frame: pl.DataFrame, config: MinHashConfig | None = None,
     return DedupResult(clusters, all_pairs, "near", keep, _check_fields(frame, fields), config, stats)
 
 
+# ----------------------------------------------------------------------------- stream protocol
+# What an engine that never holds every record keeps per record (``stream_keys``): record_id, the
+# dataset-order keys (source_file, line), output length, human_verified, a 16-byte digest of the
+# normalised text and, for near dedup, one 8-byte hash per LSH band: 60-100 bytes a record with the
+# record_id, not the text (the in-memory path groups the texts themselves). ``stream_decide``
+# rebuilds what ``_base`` builds from those keys and decides with the same functions.
+
+def _stream_keys(batch: pl.DataFrame, fields: tuple[str, ...], normalize: bool) -> tuple[pl.DataFrame, pl.Series]:
+    """The keys every dedup shares for one batch, and the batch's normalised texts."""
+    text = text_keys(batch, fields, normalize)
+    empty = (text.str.len_chars() == len(fields) - 1).to_numpy()
+    digest = pl.Series("_h", digests128(text.to_list()), dtype=pl.Binary)
+    if "record_id" not in batch.columns:
+        raise ValueError("record_id is needed to deduplicate in batches (the loader's frame has it)")
+    order_by = [pl.col(c) for c in ("source_file", "line") if {"source_file", "line"} <= set(batch.columns)]
+    keys = batch.select(
+        pl.col("record_id").cast(pl.String), *order_by,
+        (pl.col("output").cast(pl.String).str.len_chars().fill_null(0).cast(pl.Int64)
+         if "output" in batch.columns else pl.lit(0, dtype=pl.Int64)).alias("_out_len"),
+        (pl.col("human_verified").cast(pl.Boolean).fill_null(False)
+         if "human_verified" in batch.columns else pl.lit(False)).alias("_hv"),
+    ).with_columns(digest.zip_with(pl.Series(~empty), pl.Series("_h", [None] * batch.height, dtype=pl.Binary)))
+    return keys, text
+
+
+def _stream_base(keys: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``_base`` from the keys: _row, record_id, _order, _out_len, _hv, _tid (by the digest), text_hash
+    (null: the text is not kept); plus _first, the record_id of each text's first record."""
+    cols = ["record_id", "_out_len", "_hv", "_h"]
+    lf = keys.lazy()
+    names = lf.collect_schema().names()
+    order_by = ["source_file", "line"] if {"source_file", "line"} <= set(names) else []
+    base = lf.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("_row"), *cols, *order_by).collect()
+    if base["record_id"].null_count() or base["record_id"].n_unique() != base.height:
+        raise ValueError("record_id must be unique and non-null to deduplicate "
+                         "(the loader's frame is; a frame without record_id gets row numbers)")
+    base = (base.sort([*order_by, "record_id"], nulls_last=True, maintain_order=True)
+            .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("_order")).drop(order_by))
+    firsts = (base.filter(pl.col("_h").is_not_null()).unique("_h", keep="first", maintain_order=True)
+              .select("_h", pl.int_range(pl.len(), dtype=pl.Int64).alias("_tid"), pl.col("_row").alias("_trow"),
+                      pl.col("record_id").alias("_first")))
+    return (base.join(firsts.drop("_first"), on="_h", how="left")
+            .with_columns(pl.col("_tid").fill_null(-1), pl.lit(None, dtype=pl.String).alias("text_hash"))
+            .drop("_h").sort("_row")), firsts.drop("_h")
+
+
+def _decided(clusters: pl.DataFrame) -> pl.DataFrame:
+    """record_id, value (similarity to the survivor), detail (duplicate_of=...), in record order."""
+    return clusters.select("record_id", pl.col("similarity").alias("value"), pl.when(pl.col("duplicate_of").is_not_null())
+                           .then(pl.concat_str([pl.lit("duplicate_of="), pl.col("duplicate_of")])).alias("detail"))
+
+
+def _candidate_texts(keys: pl.DataFrame | pl.LazyFrame, trow: np.ndarray, bands: int) -> np.ndarray:
+    """Text pairs (i < j, by text id) identical in some band: one band column read at a time."""
+    lf = keys.lazy()
+    codes = []
+    for k in range(bands):
+        col = lf.select(pl.col(f"_b{k}")).collect().to_series().to_numpy()[trow]
+        codes.append(candidate_pairs(col[:, None], 1, 1))
+    pairs = np.concatenate(codes) if codes else np.empty((0, 2), np.int64)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
+def _reread_texts(reread: Any, record_ids: pl.Series, fields: tuple[str, ...], normalize: bool) -> list[str]:
+    """The normalised texts of ``record_ids`` (in that order), read again from the records."""
+    if reread is None:
+        raise ValueError("near dedup in batches needs the records again to verify candidates: pass reread")
+    want = record_ids.cast(pl.String).implode()
+    found: dict[str, str] = {}
+    for batch in reread():
+        sub = batch.filter(pl.col("record_id").cast(pl.String).is_in(want))
+        if sub.height:
+            found.update(zip(sub["record_id"].cast(pl.String).to_list(), text_keys(sub, fields, normalize).to_list()))
+    missing = [r for r in record_ids.to_list() if r not in found]
+    if missing:
+        raise RuntimeError(f"near dedup: {len(missing)} records were not found again (e.g. {missing[:3]}); "
+                           "the records must not change between the passes")
+    return [found[r] for r in record_ids.to_list()]
+
+
 class _DedupFilter(Filter):
     """Shared behaviour: measure = similarity to the survivor (null for survivors and records
     without duplicates), keep = no similarity, details = ``duplicate_of=<record_id>``."""
@@ -368,6 +460,15 @@ class _DedupFilter(Filter):
 
     def keep(self, values: pl.Series) -> pl.Series:
         return values.is_null()
+
+    def stream_keys(self, batch: pl.DataFrame) -> pl.DataFrame:
+        return _stream_keys(batch, self.fields, self.normalize)[0]  # type: ignore[attr-defined]
+
+    def stream_decide(self, keys: pl.DataFrame | pl.LazyFrame, reread: Any = None) -> pl.DataFrame:
+        base, firsts = _stream_base(keys)
+        none = np.empty(0, np.int64)
+        comp = _components_from_texts(base, firsts.height, none, none)
+        return _decided(_assemble(base, comp, self.survivor, lambda i, j: np.ones(len(i))))  # type: ignore[attr-defined]
 
     def details(self, frame: pl.DataFrame, values: pl.Series) -> pl.Series | None:
         dup = self.result(frame).clusters["duplicate_of"]
@@ -437,6 +538,42 @@ class NearDedup(_DedupFilter, MinHashConfig):
     @property
     def config(self) -> MinHashConfig:
         return MinHashConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(MinHashConfig)})
+
+    def stream_keys(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The shared keys plus ``_b0``.. ``_b{bands-1}``: the LSH band hashes of the text's signature."""
+        keys, text = _stream_keys(batch, self.fields, self.normalize)
+        bands, rows = self.lsh_params
+        nonempty = keys["_h"].is_not_null().to_numpy()
+        uniq, inv = np.unique(np.asarray(text.to_list(), dtype=object)[nonempty], return_inverse=True)
+        bh = band_hashes(_signatures(uniq.tolist(), self.config)[0], bands, rows)
+        full = np.zeros((batch.height, bands), dtype=np.uint64)
+        full[nonempty] = bh[inv.ravel()]
+        return keys.with_columns([pl.Series(f"_b{k}", full[:, k], dtype=pl.UInt64) for k in range(bands)])
+
+    def stream_decide(self, keys: pl.DataFrame | pl.LazyFrame, reread: Any = None) -> pl.DataFrame:
+        """Candidates from the band hashes, then (reading only the candidates' texts again) the
+        verification, answer check, components and survivors of ``near_duplicates``."""
+        base, firsts = _stream_base(keys)
+        pairs = _candidate_texts(keys, firsts["_trow"].to_numpy(), self.lsh_params[0])
+        cand = np.unique(pairs)
+        texts = _reread_texts(reread, firsts["_first"].gather(cand), self.fields, self.normalize) if cand.size else []
+        li, lj = np.searchsorted(cand, pairs[:, 0]), np.searchsorted(cand, pairs[:, 1])
+        config = self.config
+        if config.verify == "exact":
+            local_sim: Any = _ShingleSets(texts, config.ngram).jaccard
+        else:
+            local_sim = functools.partial(_agreement, _signatures(texts, config)[0] if texts else
+                                          np.empty((0, config.num_perm), np.uint32))
+        sim = local_sim(li, lj)
+        ok = sim >= config.threshold
+        pairs, li, lj, sim = pairs[ok], li[ok], lj[ok], sim[ok]
+        if self.answer_min_similarity is not None and "output" in self.fields and len(pairs):
+            agree = _answers_agree(texts, np.stack([li, lj], axis=1), sim, self.fields, "output",
+                                   self.answer_min_similarity, self.short_answer_threshold)
+            pairs = pairs[agree]
+        comp = _components_from_texts(base, firsts.height, pairs[:, 0], pairs[:, 1])
+        simfn = lambda i, j: local_sim(np.searchsorted(cand, i), np.searchsorted(cand, j))  # noqa: E731
+        return _decided(_assemble(base, comp, self.survivor, simfn))
 
     def _run(self, frame: pl.DataFrame) -> DedupResult:
         return near_duplicates(frame, self.config, self.fields, self.survivor, self.normalize,

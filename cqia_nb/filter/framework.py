@@ -46,7 +46,7 @@ import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import polars as pl
@@ -159,6 +159,27 @@ class Filter(_Step, ABC):
         """What the pipeline runs for this filter; a filter with a conversion mode (e.g.
         ``traditional`` with ``convert: true``) returns its transform here."""
         return self
+
+    # -- the stream protocol: how an engine that never holds every record runs a step that
+    # needs every record (``per_record = False``). Two passes over the records: ``stream_keys``
+    # on each batch (a small table, a few to ~100 bytes a record), then ``stream_decide`` once on
+    # the keys of all records. ``decisions`` and ``Decided`` (below) turn that into the dropped
+    # records, which a third pass applies batch by batch through ``run_batch``.
+
+    def stream_keys(self, batch: pl.DataFrame) -> pl.DataFrame | None:
+        """The per-record keys ``stream_decide`` needs, for one batch: a frame with
+        ``record_id`` and the step's own columns, one row per record in batch order. None (the
+        default): the step cannot stream; an engine then holds the records it sees at once."""
+        return None
+
+    def stream_decide(self, keys: pl.DataFrame | pl.LazyFrame,
+                      reread: Callable[[], Iterable[pl.DataFrame]] | None) -> pl.DataFrame:
+        """Given the keys of every record (``stream_keys`` of each batch, concatenated in input
+        order; a LazyFrame when an engine spilled them to disk), per record: ``record_id``,
+        ``value`` (Float64, as ``measure`` gives on the whole frame) and ``detail`` (String or
+        null; used unless ``details_per_record``). ``reread()`` yields the records again, in
+        batches, for the few a decision needs the text of (near dedup verifies its candidates)."""
+        raise NotImplementedError(f"filter {self.name!r} has no stream protocol")
 
 
 @dataclass
@@ -492,10 +513,16 @@ class FilterRun:
     pipeline: PipelineConfig
     input: str = "bundled"
     out_dir: str | None = None
+    #: one batch in memory at a time (``cqia_nb.filter.streaming``); None: when the input is large
+    streaming: bool | None = None
+    #: where streaming spills keys and intermediate records (default: inside out_dir)
+    spill_dir: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.input, str) or not self.input:
             raise ConfigError(f"input: a path or 'bundled', got {self.input!r}")
+        if self.streaming is not None and not isinstance(self.streaming, bool):
+            raise ConfigError(f"streaming: true, false or null (decide by the input's size), got {self.streaming!r}")
         if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir):
             raise ConfigError(f"out_dir: a folder path, got {self.out_dir!r}")
 
@@ -640,6 +667,50 @@ def run_batch(batch: pl.DataFrame, steps: Sequence[tuple[int, str, Filter | Tran
     return b
 
 
+def decisions(flt: Filter, keys: pl.DataFrame | pl.LazyFrame,
+              reread: Callable[[], Iterable[pl.DataFrame]] | None) -> pl.DataFrame:
+    """The records ``flt`` drops, decided from the keys of every record (the stream protocol):
+    ``record_id``, ``value``, ``detail`` (null where the filter gives its details per record:
+    ``Decided`` asks for them when it sees the record's text). Small: dropped records only."""
+    d = flt.stream_decide(keys, reread)
+    values = d["value"].cast(pl.Float64)
+    keep = flt.keep(values).fill_null(True).cast(pl.Boolean)
+    detail = (d["detail"].cast(pl.String) if "detail" in d.columns and not flt.details_per_record
+              else _no_details(d.height))
+    return (d.select(pl.col("record_id").cast(pl.String)).with_columns(values.alias("value"), detail.alias("detail"))
+            .filter(~keep))
+
+
+class Decided(Filter):
+    """A step that needs every record, after ``decisions``: a per-record step that
+    ``run_batch`` runs on any batch (of any engine, in any order), each record looked up by
+    record_id in the small table of the records the step drops. Named as the step it stands for."""
+
+    per_record = True
+
+    def __init__(self, flt: Filter, dropped: pl.DataFrame):
+        self.inner, self.dropped, self.name = flt, dropped, flt.name  # type: ignore[misc]
+        self.details_per_record = flt.details_per_record  # type: ignore[misc]
+
+    def _lookup(self, frame: pl.DataFrame, column: str) -> pl.Series:
+        return frame.select(pl.col("record_id").cast(pl.String)).join(
+            self.dropped, on="record_id", how="left", maintain_order="left")[column]
+
+    def required_columns(self) -> tuple[str, ...]:
+        return self.inner.required_columns()
+
+    def measure(self, frame: pl.DataFrame) -> pl.Series:
+        return self._lookup(frame, "value")
+
+    def keep(self, values: pl.Series) -> pl.Series:
+        return values.is_null()  # only the dropped records have a value here
+
+    def details(self, frame: pl.DataFrame, values: pl.Series) -> pl.Series | None:
+        if self.details_per_record:
+            return self.inner.details(frame, values)
+        return self._lookup(frame, "detail")
+
+
 def _libc_malloc_trim() -> Callable[[], object]:
     """glibc's ``malloc_trim(0)``; a no-op where the C library has none (musl, macOS, Windows)."""
     try:
@@ -656,8 +727,9 @@ number of batches (measured on the rule steps: 1.5 KB per record without, 0.76 K
 of it the results themselves; about 2 % more CPU)."""
 
 
-def _segments(built: list[tuple[str, Filter | Transform]]) -> list[list[int]]:
-    """Step indices grouped into runs of consecutive per-record steps; any other step alone."""
+def segments(built: list[tuple[str, Filter | Transform]]) -> list[list[int]]:
+    """Step indices grouped into runs of consecutive per-record steps; any other step alone:
+    the stages every engine runs (a run of per-record steps is one pass over the records)."""
     out: list[list[int]] = []
     for k, (_, flt) in enumerate(built):
         if flt.per_record and out and built[out[-1][-1]][1].per_record:
@@ -665,6 +737,14 @@ def _segments(built: list[tuple[str, Filter | Transform]]) -> list[list[int]]:
         else:
             out.append([k])
     return out
+
+
+def steps_table(built: Sequence[tuple[str, Filter | Transform]], outs: Sequence[StepOutput]) -> pl.DataFrame:
+    """The per-step table (``STEPS_SCHEMA``) from what each step's StepOutput added up."""
+    rows = [(i, step, flt.name, "transform" if isinstance(flt, Transform) else "filter", acc.n_in, acc.kept,
+             acc.n_in - acc.kept, acc.changed, round(acc.seconds, 4))
+            for i, ((step, flt), acc) in enumerate(zip(built, outs), start=1)]
+    return pl.DataFrame(rows, schema=STEPS_SCHEMA, orient="row")
 
 
 def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = False,
@@ -686,7 +766,7 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(built), desc="filters", unit="step")
-    for seg in _segments(built):
+    for seg in segments(built):
         steps = [(k + 1, *built[k]) for k in seg]
         accs = [outs[k] for k in seg]
         if not built[seg[0]][1].per_record:
@@ -703,11 +783,9 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
             bar.update(len(seg))
     if bar is not None:
         bar.close()
-    rows, measured, dropped_parts = [], {}, []
+    measured, dropped_parts = {}, []
     for i, ((step, flt), acc) in enumerate(zip(built, outs), start=1):
         kind = "transform" if isinstance(flt, Transform) else "filter"
-        rows.append((i, step, flt.name, kind, acc.n_in, acc.kept, acc.n_in - acc.kept, acc.changed,
-                     round(acc.seconds, 4)))
         if acc.measured:
             measured[step] = acc.measured[0] if len(acc.measured) == 1 else pl.concat(acc.measured)
         elif "record_id" in frame.columns:  # no record reached the step: an empty table, same columns
@@ -717,8 +795,7 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
         dropped_parts.extend(acc.gone)
     empty = frame.clear().with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
     dropped = pl.concat([empty, *dropped_parts], how="vertical_relaxed") if dropped_parts else empty
-    steps_table = pl.DataFrame(rows, schema=STEPS_SCHEMA, orient="row")
-    result = PipelineResult(current, dropped, steps_table, measured, config)
+    result = PipelineResult(current, dropped, steps_table(built, outs), measured, config)
     assert current.height + dropped.height == frame.height  # the audit trail is complete
     return result
 

@@ -11,7 +11,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import polars as pl
 
-from cqia_nb.core.hashing import fmix32, fmix64, window_hash
+from cqia_nb.core.hashing import WINDOW_BASE, fmix32, fmix64, window_hash
 
 FIELD_SEP = "\x1f"
 _U32_MAX = np.uint32(0xFFFFFFFF)
@@ -386,6 +386,25 @@ def candidate_pairs(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray | 
         return np.empty((0, 2), dtype=np.int64)
     u = np.unique(np.concatenate(codes))
     return np.stack([u // m, u % m], axis=1)
+
+
+def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit hash per LSH band of each signature row, shape (len(sig), bands): what an engine
+    keeps per record instead of the signature (8 bytes a band, not 4 x rows). Equal bands give equal
+    hashes, so ``candidate_pairs(band_hashes(sig, b, r), b, 1)`` finds the pairs of
+    ``candidate_pairs(sig, b, r)`` (plus, with probability ~2**-64 a band, a collision, which
+    verification then rejects like any candidate)."""
+    if bands * rows > sig.shape[1]:
+        raise ValueError(f"bands*rows = {bands * rows} exceeds the signature length {sig.shape[1]}")
+    out = np.empty((sig.shape[0], bands), dtype=np.uint64)
+    base = np.uint64(WINDOW_BASE)
+    with np.errstate(over="ignore"):
+        for k in range(bands):
+            h = np.full(sig.shape[0], k + 1, dtype=np.uint64)
+            for r in range(k * rows, (k + 1) * rows):
+                h = fmix64(h * base + sig[:, r].astype(np.uint64))
+            out[:, k] = h
+    return out
 
 
 def _agreement(sig: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: int = 65536) -> np.ndarray:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable
 
 import polars as pl
 
 from cqia_nb.core.atomic import staged_files
 from cqia_nb.data.schema import SCHEMA
-from cqia_nb.filter.framework import AUDIT_COLUMNS, PipelineResult
+from cqia_nb.filter.framework import AUDIT_COLUMNS, PipelineConfig, PipelineResult
 
 #: COIG-CQIA's record fields, in file order.
 CQIA_FIELDS = ("instruction", "input", "output", "task_type", "domain", "metadata", "answer_from",
@@ -60,20 +61,30 @@ def write_outputs(result: PipelineResult, out_dir: str | Path) -> dict[str, Path
         result.kept.write_parquet(tmp / "kept.parquet")
         result.dropped.write_parquet(tmp / "dropped.parquet")
         for name, frame, audit in (("kept.jsonl", result.kept, False), ("dropped.jsonl", result.dropped, True)):
-            lines = to_cqia_jsonl(frame, audit=audit)
-            with open(tmp / name, "w", encoding="utf-8", newline="\n") as f:
-                for chunk in lines.to_list() if lines.len() else ():
-                    f.write(chunk)
-                    f.write("\n")
+            write_jsonl(tmp / name, [frame], audit)
         result.steps.write_csv(tmp / "steps.csv")
         if result.config is not None:
-            spec = {"name": result.config.name,
-                    "steps": [{"filter": s.filter, **({"label": s.label} if s.label else {}), **s.params}
-                              for s in result.config.steps],
-                    "summary": result.summary()}
-            (tmp / "pipeline.json").write_text(json.dumps(spec, ensure_ascii=False, indent=2, default=str) + "\n",
-                                               encoding="utf-8")
+            write_pipeline_json(tmp / "pipeline.json", result.config, result.summary())
     return {n: out / n for n in names}
+
+
+def write_pipeline_json(path: Path, config: PipelineConfig, summary: str) -> None:
+    """The recipe as run (every step with its parameters) and the run's summary line."""
+    spec = {"name": config.name,
+            "steps": [{"filter": s.filter, **({"label": s.label} if s.label else {}), **s.params}
+                      for s in config.steps],
+            "summary": summary}
+    path.write_text(json.dumps(spec, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def write_jsonl(path: Path, frames: Iterable[pl.DataFrame], audit: bool = False) -> None:
+    """COIG-CQIA JSON Lines of the records of ``frames`` (one file, frame after frame)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for frame in frames:
+            lines = to_cqia_jsonl(frame, audit=audit)
+            for chunk in lines.to_list() if lines.len() else ():
+                f.write(chunk)
+                f.write("\n")
 
 
 def read_kept(out_dir: str | Path) -> pl.DataFrame:

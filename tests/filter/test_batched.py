@@ -21,26 +21,11 @@ from cqia_nb.filter.framework import BATCH_ROWS, StepOutput, batch_slices, measu
 from cqia_nb.filter.rules.common import TextFilter
 from cqia_nb.filter.rules.contact import UrlFilter
 from cqia_nb.filter.rules.kernels import codepoints, ngram_keys, word_tokens
+from conftest import assert_frames_identical, float_bits_equal
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = ROOT / "recipes" / "filter-default.yaml"
 WHOLE = {"batch_rows": 10**12, "batch_bytes": 10**15}
-
-
-def _float_bits_equal(a: pl.Series, b: pl.Series) -> bool:
-    """Float64 columns equal bit for bit, nulls in the same places (NaN == NaN, -0.0 != 0.0)."""
-    na, nb = a.is_null().to_numpy(), b.is_null().to_numpy()
-    va = a.fill_null(0.0).to_numpy().view(np.uint64)
-    vb = b.fill_null(0.0).to_numpy().view(np.uint64)
-    return bool(np.array_equal(na, nb) and np.array_equal(va[~na], vb[~nb]))
-
-
-def assert_frames_identical(a: pl.DataFrame, b: pl.DataFrame, what: str) -> None:
-    assert a.schema == b.schema, f"{what}: schema {a.schema} != {b.schema}"
-    assert a.equals(b, null_equal=True), f"{what}: frames differ"
-    for c, t in a.schema.items():
-        if t == pl.Float64:
-            assert _float_bits_equal(a[c], b[c]), f"{what}: column {c} differs in its float bits"
 
 
 def assert_results_identical(a: F.PipelineResult, b: F.PipelineResult) -> None:
@@ -188,14 +173,14 @@ def test_apply_and_measure_all_batched_identical(bundled, recipe):
     for step, flt in recipe.build():
         a, b = flt.apply(bundled, batch_rows=7), flt.apply(bundled, **WHOLE)
         if isinstance(a, F.Measured):
-            assert _float_bits_equal(a.value, b.value), step
+            assert float_bits_equal(a.value, b.value), step
             assert a.keep.equals(b.keep), step
             assert (a.detail is None) == (b.detail is None), step
             if a.detail is not None:
                 assert a.detail.equals(b.detail, null_equal=True), step
         else:
             assert a.frame.equals(b.frame) and a.changed.equals(b.changed), step
-            assert _float_bits_equal(a.value, b.value) and a.detail.equals(b.detail, null_equal=True), step
+            assert float_bits_equal(a.value, b.value) and a.detail.equals(b.detail, null_equal=True), step
     ma, mb = F.measure_all(bundled, recipe, batch_rows=7), F.measure_all(bundled, recipe, **WHOLE)
     assert list(ma) == list(mb)
     for step in ma:

@@ -143,9 +143,33 @@ class _GroupedAnswerFilter(TextFilter):
         intent labels with term explanations)."""
         parts = [self._features(frame.slice(o, n)) for o, n in batch_slices(frame, self.required_columns())]
         f = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._stats(f, group_keys(frame, self.group_by))
+
+    def _stats(self, f: dict[str, np.ndarray], keys: list[pl.Series]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         open_x = np.where(f["closed"], np.nan, f["x"])
-        med, mad = robust_stats(open_x, group_keys(frame, self.group_by), self.min_group)
+        med, mad = robust_stats(open_x, keys, self.min_group)
         return f, med, mad
+
+    def _value(self, f: dict[str, np.ndarray], med: np.ndarray, mad: np.ndarray) -> pl.Series:
+        raise NotImplementedError
+
+    def measure(self, frame: pl.DataFrame) -> pl.Series:
+        return self._value(*self._log_stats(frame))
+
+    def stream_keys(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """record_id, the features (``_f_<name>``) and the group columns as text: ~20 bytes a record."""
+        f = self._features(batch)
+        return batch.select(pl.col("record_id").cast(pl.String), *[
+            _as_text(batch, c).alias(c) for c in self.group_by if c in batch.columns]).with_columns(
+            [pl.Series(f"_f_{k}", v) for k, v in f.items()])
+
+    def stream_decide(self, keys: pl.DataFrame | pl.LazyFrame, reread=None) -> pl.DataFrame:
+        """The group statistics of all records from their keys, then each record's value."""
+        k = keys.collect() if isinstance(keys, pl.LazyFrame) else keys
+        f = {c[3:]: k[c].to_numpy() for c in k.columns if c.startswith("_f_")}
+        groups = k.select([c for c in self.group_by if c in k.columns])
+        value = self._value(*self._stats(f, group_keys(groups, self.group_by)))
+        return k.select("record_id").with_columns(value.alias("value"))
 
 
 @register
@@ -185,8 +209,7 @@ class ShortAnswerFilter(_GroupedAnswerFilter):
         return {**super()._features(batch), "rewrite": self._rewrite(batch),
                 "prompt_len": self._prompt_lengths(batch)}
 
-    def measure(self, frame: pl.DataFrame) -> pl.Series:
-        f, med, mad = self._log_stats(frame)
+    def _value(self, f: dict[str, np.ndarray], med: np.ndarray, mad: np.ndarray) -> pl.Series:
         x = f["x"]
         z = 0.6745 * (x - med) / np.maximum(mad, self.min_mad)
         # a long answer is never "cut to a few characters", however unusual its length; a rewrite
@@ -244,8 +267,7 @@ class PlaceholderAnswerFilter(_GroupedAnswerFilter):
         f["weak"] = (norm.is_in(norm_set(WEAK_PLACEHOLDERS)) | (norm == "")).to_numpy() & ~f["closed"]
         return f
 
-    def measure(self, frame: pl.DataFrame) -> pl.Series:
-        f, med, _ = self._log_stats(frame)
+    def _value(self, f: dict[str, np.ndarray], med: np.ndarray, mad: np.ndarray) -> pl.Series:
         long_group = np.expm1(med) >= self.min_group_median
         return pl.Series("value", (f["strong"] | (f["weak"] & long_group)).astype(np.float64))
 

@@ -1,0 +1,298 @@
+"""Filtering larger than memory: the recipe run stage by stage over batches, sinking parquet.
+
+``run_streaming(source, config, out_dir)`` writes what ``write_outputs(run_pipeline(...))``
+writes (kept/dropped as parquet and JSON Lines, steps.csv, pipeline.json), with the same kept
+records in the same order and the same dropped records with the same reasons, while holding one
+batch of records at a time:
+
+- the recipe is cut into stages (``framework.segments``): a run of per-record steps (every rule
+  filter, ``to_simplified``) is one pass over the records, each batch through ``run_batch``;
+- a step that needs every record (``exact_dedup``, ``near_dedup``, ``short_answer``,
+  ``placeholder_answer``) uses the stream protocol: one pass writes its small per-record keys
+  (``Filter.stream_keys``) to a spill file, ``framework.decisions`` decides from them (near dedup
+  reads the texts of its candidate pairs again, nothing else) and a second pass drops the
+  decided records batch by batch (``Decided``). The keys are the only thing that grows with the
+  input: ``StreamResult.index_bytes`` reports their bytes per record;
+- each stage writes the records it keeps to a spill parquet file (row group by row group) that
+  the next stage reads; dropped records go to one file per step, concatenated in step order at
+  the end, so dropped.parquet's rows come in the order of the in-memory run.
+
+A step without the protocol (model scores, the judge) reads the records that reach it into
+memory: a note in the steps table says so (``StreamResult.in_memory_steps``).
+
+Sources (``open_source``): a parquet file, a folder of parquet shards (read in name order, row
+group by row group), a previous run's folder (its kept.parquet), or anything the loader reads
+('bundled', a COIG-CQIA folder, .jsonl): those go through the loader's on-disk Arrow cache,
+memory-mapped, so their pages are the kernel's to drop, not the process's heap.
+
+``cqia-nb filter --streaming`` runs this; without the flag it runs when the input's parquet files
+are larger than ``STREAM_ABOVE_BYTES`` (``--set`` nothing: the CLI decides from the file sizes).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cqia_nb.core.atomic import staged_files
+from cqia_nb.filter.framework import (
+    AUDIT_COLUMNS,
+    Decided,
+    Filter,
+    PipelineConfig,
+    StepOutput,
+    Transform,
+    batch_slices,
+    check_columns,
+    decisions,
+    run_batch,
+    segments,
+    steps_table,
+    _release_free_memory,
+)
+from cqia_nb.filter.outputs import OUTPUT_FILES, write_jsonl, write_pipeline_json
+
+#: ``cqia-nb filter`` streams by itself when the input's parquet files add up to more than this
+#: (compressed parquet is ~1/3 of the records in memory, and the in-memory run peaks at ~3x the
+#: records: 2 GiB of parquet is ~20 GiB of peak, the most a 32 GiB machine should be asked for).
+STREAM_ABOVE_BYTES = 2 << 30
+#: Rows per batch read from parquet (the batches are then cut by ``framework.batch_slices``).
+READ_ROWS = 16384
+
+
+@dataclass
+class Source:
+    """Records to stream: parquet ``files`` read row group by row group, or a ``frame`` (the
+    loader's memory-mapped cache) sliced. ``batches()`` can be called again for another pass."""
+
+    files: list[Path] = field(default_factory=list)
+    frame: pl.DataFrame | None = None
+    label: str = ""
+
+    def batches(self, rows: int = READ_ROWS) -> Iterator[pl.DataFrame]:
+        """The records in order, ``rows`` at a time (fewer at a file's end)."""
+        if self.frame is not None:
+            for o in range(0, self.frame.height, rows):
+                yield self.frame.slice(o, rows)
+            return
+        for f in self.files:
+            pf = pq.ParquetFile(f)
+            drop = [c for c in AUDIT_COLUMNS if c in pf.schema_arrow.names]
+            for rb in pf.iter_batches(batch_size=rows):
+                b = pl.from_arrow(pa.Table.from_batches([rb]))
+                yield b.drop(drop) if drop else b  # type: ignore[union-attr]
+
+    def empty(self) -> pl.DataFrame:
+        """A frame with no rows and the records' columns."""
+        if self.frame is not None:
+            return self.frame.clear()
+        sch = pq.read_schema(self.files[0])
+        frame = pl.from_arrow(sch.empty_table())
+        drop = [c for c in AUDIT_COLUMNS if c in frame.columns]  # type: ignore[union-attr]
+        return frame.drop(drop) if drop else frame  # type: ignore[union-attr,return-value]
+
+    def read_all(self) -> pl.DataFrame:
+        """Every record in one frame (the in-memory engine's input)."""
+        if self.frame is not None:
+            return self.frame
+        frame = pl.concat([pl.read_parquet(f) for f in self.files], how="vertical") if len(self.files) > 1 \
+            else pl.read_parquet(self.files[0])
+        drop = [c for c in AUDIT_COLUMNS if c in frame.columns]
+        return frame.drop(drop) if drop else frame
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk of the parquet files (0 for a frame)."""
+        return sum(f.stat().st_size for f in self.files)
+
+
+def parquet_files(path: str | Path) -> list[Path] | None:
+    """The parquet files ``path`` stands for: itself, a run's kept.parquet, or a folder's shards
+    (``*.parquet``, name order); None when ``path`` is not parquet (the loader's business)."""
+    p = Path(path)
+    if p.suffix == ".parquet" and p.is_file():
+        return [p]
+    if p.is_dir():
+        if (p / "kept.parquet").is_file():
+            return [p / "kept.parquet"]
+        shards = sorted(x for x in p.glob("*.parquet") if x.is_file())
+        if shards:
+            return shards
+    return None
+
+
+def open_source(path: str | Path, load: Callable[[str], pl.DataFrame] | None = None) -> Source:
+    """A Source for a parquet file / folder of shards / previous run, else ``load(path)`` (the
+    loader: 'bundled', a COIG-CQIA folder, a .jsonl file)."""
+    files = parquet_files(path)
+    if files is not None:
+        return Source(files=files, label=str(path))
+    if load is None:
+        raise FileNotFoundError(f"{path}: no parquet file or folder of parquet shards here")
+    return Source(frame=load(str(path)), label=str(path))
+
+
+@dataclass
+class StreamResult:
+    """What ``run_streaming`` did: the steps table, the counts, the files written."""
+
+    steps: pl.DataFrame
+    n_in: int
+    n_kept: int
+    n_dropped: int
+    paths: dict[str, Path]
+    #: step name -> bytes per record of the keys it kept for its decision (the index that grows)
+    index_bytes: dict[str, float] = field(default_factory=dict)
+    #: steps without the stream protocol: the records reaching them were read into memory
+    in_memory_steps: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{self.n_in} in, {self.n_kept} kept, {self.n_dropped} dropped"
+
+
+def streamable(flt: Filter | Transform) -> bool:
+    """True when a step runs on batches: per-record, or it has the stream protocol."""
+    return flt.per_record or (isinstance(flt, Filter) and type(flt).stream_keys is not Filter.stream_keys)
+
+
+class _Sink:
+    """Frames appended to one parquet file, row group by row group, under one fixed schema (that of
+    ``empty``, else of the first frame written)."""
+
+    def __init__(self, path: Path, empty: pl.DataFrame | None = None):
+        self.path, self.empty, self.rows = path, empty, 0
+        self.writer: pq.ParquetWriter | None = None
+
+    @staticmethod
+    def _arrow(frame: pl.DataFrame) -> pa.Table:
+        return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if frame.height == 0:
+            return
+        if self.empty is None:
+            self.empty = frame.clear()
+        table = self._arrow(frame.select(self.empty.columns).cast(self.empty.schema))  # type: ignore[arg-type]
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, self._arrow(self.empty).schema)
+        self.writer.write_table(table.cast(self.writer.schema))
+        self.rows += frame.height
+
+    def close(self) -> Path:
+        if self.writer is None:
+            (self.empty if self.empty is not None else pl.DataFrame()).write_parquet(self.path)
+        else:
+            self.writer.close()
+        return self.path
+
+
+def _stage_batches(source: Source, columns: list[str], batch_rows: int | None,
+                   batch_bytes: int | None) -> Iterator[pl.DataFrame]:
+    for b in source.batches():
+        for o, n in batch_slices(b, columns, batch_rows, batch_bytes):
+            yield b.slice(o, n)
+
+
+def run_streaming(source: Source, config: PipelineConfig, out_dir: str | Path, *, spill_dir: str | Path | None = None,
+                  batch_rows: int | None = None, batch_bytes: int | None = None,
+                  progress: bool = False) -> StreamResult:
+    """Run ``config`` over ``source`` one batch at a time and write the outputs to ``out_dir``
+    (atomically, as ``write_outputs`` does). Spill files go to a temporary folder in ``spill_dir``
+    (default: inside ``out_dir``), removed at the end."""
+    built = config.build()
+    empty = source.empty()
+    check_columns(empty, built)
+    if "record_id" not in empty.columns and not all(f.per_record for _, f in built):
+        raise ValueError(f"{source.label}: the records have no record_id column; streaming needs one for the steps "
+                         "that see every record (dedup): load the data with cqia_nb.data.load or add record_id")
+    outs = [StepOutput() for _ in built]
+    audit_empty = empty.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
+    index_bytes: dict[str, float] = {}
+    in_memory: list[str] = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(built), desc="filters (streaming)", unit="step")
+    out = Path(out_dir)
+    with staged_files(out) as tmp:
+        spill = Path(tempfile.mkdtemp(prefix=".cqia-spill.", dir=spill_dir or out))
+        try:
+            gone_sinks = {k: _Sink(spill / f"dropped-{k:04d}.parquet", audit_empty) for k in range(len(built))}
+            current = source
+            segs = segments(built)
+            for si, seg in enumerate(segs):
+                target = _Sink(tmp / "kept.parquet" if si == len(segs) - 1 else spill / f"stage-{si:04d}.parquet", empty)
+                steps: list[tuple[int, str, Filter | Transform]] = [(k + 1, *built[k]) for k in seg]
+                flt = built[seg[0]][1]
+                cols = [c for k in seg for c in built[k][1].required_columns()]
+                if not flt.per_record and streamable(flt):
+                    t0 = time.perf_counter()
+                    keys = _Sink(spill / f"keys-{si:04d}.parquet")
+                    for b in _stage_batches(current, cols, batch_rows, batch_bytes):
+                        keys.write(flt.stream_keys(b))  # type: ignore[union-attr]
+                    keys.close()
+                    if keys.rows:
+                        index_bytes[steps[0][1]] = keys.path.stat().st_size / keys.rows
+                        src = current
+                        dropped = decisions(flt, pl.scan_parquet(keys.path),  # type: ignore[arg-type]
+                                            lambda: _stage_batches(src, cols, batch_rows, batch_bytes))
+                    else:
+                        dropped = pl.DataFrame(schema={"record_id": pl.String, "value": pl.Float64, "detail": pl.String})
+                    outs[seg[0]].seconds += time.perf_counter() - t0
+                    steps = [(seg[0] + 1, steps[0][1], Decided(flt, dropped))]  # type: ignore[arg-type]
+                if not streamable(flt):
+                    in_memory.append(steps[0][1])
+                    batches: Iterator[pl.DataFrame] = iter([current.read_all()])
+                else:
+                    batches = _stage_batches(current, cols, batch_rows, batch_bytes)
+                accs = [outs[k] for k in seg]
+                for b in batches:
+                    target.write(run_batch(b, steps, accs))
+                    for k, acc in zip(seg, accs):
+                        for g in acc.gone:
+                            gone_sinks[k].write(g)
+                        acc.gone.clear()
+                        acc.measured.clear()  # not an output; kept per batch only
+                    _release_free_memory()
+                target.close()
+                current = Source(files=[target.path], label=str(target.path))
+                if bar is not None:
+                    bar.update(len(seg))
+            n_kept = target.rows
+            dropped_sink = _Sink(tmp / "dropped.parquet", audit_empty)
+            for k in range(len(built)):
+                sink = gone_sinks[k]
+                if sink.writer is not None:
+                    sink.close()
+                    for rb in pq.ParquetFile(sink.path).iter_batches(batch_size=READ_ROWS):
+                        dropped_sink.write(pl.from_arrow(pa.Table.from_batches([rb])))  # type: ignore[arg-type]
+            dropped_sink.close()
+            kept_src, dropped_src = Source(files=[tmp / "kept.parquet"]), Source(files=[tmp / "dropped.parquet"])
+            write_jsonl(tmp / "kept.jsonl", kept_src.batches())
+            write_jsonl(tmp / "dropped.jsonl", (b for f in dropped_src.files for b in _raw_batches(f)), audit=True)
+            table = steps_table(built, outs)
+            table.write_csv(tmp / "steps.csv")
+            n_in = int(table["records_in"][0]) if table.height else 0
+            result = StreamResult(table, n_in, n_kept, dropped_sink.rows, {}, index_bytes, in_memory)
+            write_pipeline_json(tmp / "pipeline.json", config, result.summary())
+        finally:
+            shutil.rmtree(spill, ignore_errors=True)
+            if bar is not None:
+                bar.close()
+    result.paths = {n: out / n for n in (*OUTPUT_FILES, "pipeline.json")}
+    return result
+
+
+def _raw_batches(path: Path) -> Iterator[pl.DataFrame]:
+    """A parquet file's rows as they are (audit columns included)."""
+    for rb in pq.ParquetFile(path).iter_batches(batch_size=READ_ROWS):
+        yield pl.from_arrow(pa.Table.from_batches([rb]))  # type: ignore[misc]

@@ -1,0 +1,145 @@
+"""The streaming engine (issue 13): the outputs of ``run_streaming`` are those of
+``write_outputs(run_pipeline(...))`` — same kept records in the same order, same dropped records
+with the same reasons, same steps table — on the bundled and the real data, for any batch size."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import ClassVar
+
+import polars as pl
+import pytest
+
+import cqia_nb.filter as F
+from cqia_nb import cli
+from cqia_nb.data.load import LoadConfig, load
+from cqia_nb.filter import streaming
+from cqia_nb.filter.framework import Filter, register
+from cqia_nb.filter.outputs import write_outputs
+from cqia_nb.filter.streaming import Source, open_source, run_streaming
+
+from conftest import assert_frames_identical
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RECIPE = ROOT / "recipes" / "filter-default.yaml"
+
+
+def _load(source: str) -> pl.DataFrame:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load(LoadConfig(source=source)).frame
+
+
+def assert_same_outputs(a: Path, b: Path) -> None:
+    """Two output folders hold the same records, reasons and counts (the seconds may differ)."""
+    for name in ("kept", "dropped"):
+        assert_frames_identical(pl.read_parquet(a / f"{name}.parquet"), pl.read_parquet(b / f"{name}.parquet"), name)
+        assert (a / f"{name}.jsonl").read_bytes() == (b / f"{name}.jsonl").read_bytes(), f"{name}.jsonl differs"
+    assert_frames_identical(pl.read_csv(a / "steps.csv").drop("seconds"), pl.read_csv(b / "steps.csv").drop("seconds"),
+                            "steps.csv")
+    assert (a / "pipeline.json").read_text() == (b / "pipeline.json").read_text()
+
+
+def _shards(frame: pl.DataFrame, folder: Path, n: int) -> Path:
+    """``frame`` as ``n`` parquet shards (small row groups, so a shard is several batches)."""
+    folder.mkdir()
+    size = -(-frame.height // n)
+    for i in range(n):
+        frame.slice(i * size, size).write_parquet(folder / f"part-{i:03d}.parquet", row_group_size=97)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def recipe() -> F.PipelineConfig:
+    return F.PipelineConfig.from_yaml(DEFAULT_RECIPE)
+
+
+@pytest.mark.parametrize("batch_rows", [50, None])
+def test_bundled_streaming_equals_in_memory(tmp_path, recipe, batch_rows):
+    frame = _load("bundled")
+    write_outputs(F.run_pipeline(frame, recipe), tmp_path / "mem")
+    res = run_streaming(Source(frame=frame), recipe, tmp_path / "stream", batch_rows=batch_rows)
+    assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
+    assert res.n_in == frame.height and res.n_kept + res.n_dropped == frame.height
+    assert res.n_dropped > 0 and res.in_memory_steps == []
+    # the keys are what grows with the input: every step that sees all records reports its size
+    assert set(res.index_bytes) == {"short_answer", "placeholder_answer", "exact_dedup", "near_dedup"}
+    assert sorted(p.name for p in (tmp_path / "stream").iterdir()) == sorted(res.paths)  # spill removed
+
+
+def test_real_data_from_parquet_shards(tmp_path, recipe, real_data):
+    frame = _load(str(real_data))
+    write_outputs(F.run_pipeline(frame, recipe), tmp_path / "mem")
+    src = open_source(_shards(frame, tmp_path / "shards", 3))
+    assert len(src.files) == 3
+    res = run_streaming(src, recipe, tmp_path / "stream", batch_rows=1000, spill_dir=tmp_path)
+    assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
+    assert res.n_dropped > 250  # the real copy has exact and near duplicates
+    assert res.index_bytes["near_dedup"] < 200  # bytes a record on disk, see README
+
+
+@register
+@dataclasses.dataclass
+class _AboveMedianLength(Filter):
+    """Test-only: needs every record (the median) and has no stream protocol."""
+
+    name: ClassVar[str] = "test_above_median_length"
+    field: str = "output"
+
+    def required_columns(self) -> tuple[str, ...]:
+        return (self.field,)
+
+    def measure(self, frame: pl.DataFrame) -> pl.Series:
+        n = frame[self.field].str.len_chars().cast(pl.Float64)
+        return n / n.median()
+
+    def keep(self, values: pl.Series) -> pl.Series:
+        return values <= 3.0
+
+
+def test_step_without_protocol_reads_its_records_and_says_so(tmp_path):
+    frame = _load("bundled")
+    config = F.PipelineConfig.from_dict({"steps": [{"filter": "url"}, {"filter": "test_above_median_length"},
+                                                   {"filter": "exact_dedup"}]})
+    write_outputs(F.run_pipeline(frame, config), tmp_path / "mem")
+    res = run_streaming(Source(frame=frame), config, tmp_path / "stream", batch_rows=64)
+    assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
+    assert res.in_memory_steps == ["test_above_median_length"]
+    assert res.steps["dropped"][1] > 0
+
+
+def test_cli_streams_parquet_shards_when_asked_or_large(tmp_path, monkeypatch, capsys):
+    frame = _load("bundled")
+    shards = _shards(frame, tmp_path / "shards", 2)
+    args = ["filter", "--config", str(DEFAULT_RECIPE), "--set", f"input={shards}"]
+    assert cli.main([*args, "--set", f"out_dir={tmp_path / 'mem'}"]) == 0
+    assert "streaming:" not in capsys.readouterr().out
+    assert cli.main([*args, "--set", f"out_dir={tmp_path / 'flag'}", "--streaming"]) == 0
+    assert "near_dedup kept" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "STREAM_ABOVE_BYTES", 1000)  # the shards are larger: streams by itself
+    assert cli.main([*args, "--set", f"out_dir={tmp_path / 'auto'}"]) == 0
+    assert "near_dedup kept" in capsys.readouterr().out
+    assert cli.main([*args, "--set", f"out_dir={tmp_path / 'off'}", "--no-streaming"]) == 0
+    assert "streaming:" not in capsys.readouterr().out
+    for d in ("flag", "auto", "off"):
+        assert_same_outputs(tmp_path / "mem", tmp_path / d)
+
+
+def test_streaming_needs_record_ids_for_dedup(tmp_path, recipe):
+    frame = _load("bundled").drop("record_id")
+    with pytest.raises(ValueError, match="record_id"):
+        run_streaming(Source(frame=frame), recipe, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_parquet_source_reads_row_groups_and_drops_audit_columns(tmp_path):
+    frame = _load("bundled").head(300)
+    frame.with_columns(pl.lit(1).alias("step")).write_parquet(tmp_path / "x.parquet", row_group_size=100)
+    src = open_source(tmp_path / "x.parquet")
+    parts = list(src.batches(rows=64))
+    assert max(p.height for p in parts) <= 64 and sum(p.height for p in parts) == 300
+    assert_frames_identical(pl.concat(parts), frame, "batches")
+    assert src.empty().columns == frame.columns
+    assert streaming.parquet_files(tmp_path / "nothing-here") is None
