@@ -12,7 +12,6 @@ so replicas are neither exact nor near duplicates of each other while the real d
 duplicates repeat inside each replica (dedup stays realistic); the last replica is truncated to
 the exact size. Written replica by replica (memory: one shard + one replica) as Parquet shards
 ``n<N>/shards/part-*.parquet`` (``--shard-rows`` records, even row groups of <= ``--row-group``)
-and, for a CLI that reads one file only (``--inmemory-input file``), ``n<N>/records.parquet``,
 under ``--data-dir`` (kept, reused; default a new /tmp folder, removed at the end; never the repo).
 
 Each (size, repetition, engine) is a fresh process running the CLI as a user would (repo root,
@@ -20,23 +19,22 @@ PYTHONPATH=this checkout; the wall time includes start-up, reading and writing t
   inmemory   python -m cqia_nb.cli filter --config recipes/filter-default.yaml
                  --set input=n<N>/shards --set out_dir=OUT
   streaming  the same + --streaming
-  ray        the same + --engine ray --address 127.0.0.1:PORT: a local cluster started once, a head
-             and a second node (``ray start``, --num-cpus 1 each, own port and --temp-dir), stopped
-             at the end by killing its own processes (``ray stop`` would stop everyone's Ray)
+  ray        the same + --engine ray --address 127.0.0.1:PORT: a cluster started once in a session of
+             its own, a head and a second node (``ray start``, 1 CPU each), stopped at the end by
+             killing that session's processes (``ray stop`` would stop everyone's Ray)
   ray-local  the same + --engine ray (the driver's own ray.init)
 Engines are interleaved within a repetition. Measured: wall seconds; records/s = input records /
 wall; CPU seconds (user + system of the CLI and the children it reaped, from wait4; ray: plus the
 CPU the cluster's processes used during the run); peak memory:
   inmemory, streaming  peak RSS of the CLI process (ru_maxrss from wait4, the kernel's high-water mark);
   ray, ray-local       peak over time of the SUM of the RSS of the driver, its descendants and every
-                       process of the cluster (gcs_server, raylet, workers, agents: those naming its
-                       port or temp dir, and their descendants), sampled every 0.2 s from /proc; the
-                       idle cluster is included (also reported alone).
+                       process of the cluster (gcs_server, raylet, workers, agents: its session),
+                       sampled every 0.2 s from /proc; the idle cluster's included (also given alone).
 Also sampled for every engine: the peak sums of RSS (``tree_peak``) and of PSS (RSS counts shared
 pages, e.g. Ray's object store, once per process; PSS splits them among their users) over the
 same processes. Input size: Parquet and Arrow bytes. Ratios: records/s at each size / at the
 smallest (target >= 0.8); peak RSS at each size / at the smallest (streaming: ~1.0 apart from the
-dedup index, whose bytes per record are shown when the run prints a ``dedup index`` line; the
+dedup index: the bytes a record the dedup steps keep, as the streaming run prints them; the peak's
 growth per extra record is printed either way); ray wall / inmemory wall at the same size (target
 <= 1.5). Linux only (/proc, wait4).
 """
@@ -49,6 +47,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -80,11 +79,10 @@ def generate(real: Path, root: Path, n: int, shard_rows: int, row_group: int) ->
     replica; reused when a previous invocation wrote it with the same layout."""
     d = root / f"n{n}"
     manifest = d / "manifest.json"
-    if manifest.is_file():
-        m = json.loads(manifest.read_text())
-        if (m["shard_rows"], m["row_group_max"]) == (shard_rows, row_group):
-            print(f"data n={n:,}: reused {d} (generated in {m['seconds']:.0f} s)", flush=True)
-            return m
+    m = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if (m.get("shard_rows"), m.get("row_group_max")) == (shard_rows, row_group):
+        print(f"data n={n:,}: reused {d} (generated in {m['seconds']:.0f} s)", flush=True)
+        return m
     shutil.rmtree(d, ignore_errors=True)
     (d / "shards").mkdir(parents=True)
     t0 = time.perf_counter()
@@ -118,36 +116,21 @@ def generate(real: Path, root: Path, n: int, shard_rows: int, row_group: int) ->
     return m
 
 
-def combined_file(root: Path, n: int) -> Path:
-    """n<N>/records.parquet: the shards as one file (for a CLI that reads one Parquet file only),
-    copied shard by shard."""
-    out = root / f"n{n}" / "records.parquet"
-    if not out.is_file():
-        parts = sorted((root / f"n{n}" / "shards").glob("part-*.parquet"))
-        tmp = out.with_suffix(".tmp")
-        with pq.ParquetWriter(tmp, pq.read_schema(parts[0])) as w:
-            for p in parts:
-                f = pq.ParquetFile(p)
-                for i in range(f.num_row_groups):
-                    w.write_table(f.read_row_group(i))
-        tmp.rename(out)
-    return out
-
-
-def _procs() -> dict[int, tuple[int, str]]:
-    """Every process: pid -> (parent pid, command line)."""
+def _procs() -> dict[int, tuple[int, int]]:
+    """Every live process but this one: pid -> (parent pid, session id); zombies left out."""
     out = {}
     for d in filter(str.isdigit, os.listdir("/proc")):
         try:
-            with open(f"/proc/{d}/stat", "rb") as f, open(f"/proc/{d}/cmdline", "rb") as g:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-                out[int(d)] = (ppid, g.read().replace(b"\0", b" ").decode(errors="replace"))
-        except (OSError, ValueError, IndexError):
+            with open(f"/proc/{d}/stat", "rb") as f:
+                st = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
             continue
+        if st[0] != b"Z" and int(d) != os.getpid():
+            out[int(d)] = (int(st[1]), int(st[3]))
     return out
 
 
-def _tree(procs: dict[int, tuple[int, str]], roots: set[int]) -> set[int]:
+def _tree(procs: dict[int, tuple[int, int]], roots: set[int]) -> set[int]:
     """``roots`` (those alive) and all their descendants."""
     children: dict[int, list[int]] = defaultdict(list)
     for pid, (ppid, _) in procs.items():
@@ -181,43 +164,48 @@ def _cpu(pid: int) -> float:
 
 
 class Cluster:
-    """A local Ray cluster of ``nodes`` nodes with one CPU each (head + nodes-1 more), started
-    with the ``ray`` next to ``python``; its processes are those whose command line names its
-    port or temp dir, and their descendants."""
+    """A local Ray cluster, a head and ``nodes``-1 more nodes with one CPU and ``store_mib`` of object
+    store each, started by the ``ray`` next to ``python`` in a new session; its processes are that
+    session's members (Ray's daemons and workers stay in it), and stop() kills those only."""
 
-    def __init__(self, python: str, nodes: int) -> None:
-        self.ray = str(Path(python).parent / "ray")
-        if not Path(self.ray).exists():
+    def __init__(self, python: str, nodes: int, store_mib: int) -> None:
+        ray = Path(python).parent / "ray"
+        if not ray.exists():
             raise SystemExit(f"no `ray` next to {python}: install ray there or pass --ray-python")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        self.tmp = tempfile.mkdtemp(prefix="raysc-", dir="/tmp")  # short: Ray's socket paths are limited
-        common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-        self._ray(["start", "--head", "--port", str(self.port), "--temp-dir", self.tmp,
-                   "--include-dashboard", "false", *common])
-        for _ in range(nodes - 1):
-            self._ray(["start", "--address", self.address, *common])
-        time.sleep(3)
-
-    def _ray(self, args: list[str]) -> None:
-        r = subprocess.run([self.ray, *args], capture_output=True, text=True, env=_env())
-        if r.returncode:
+        for attempt in (1, 2):  # a node may miss Ray's 30 s start-up deadline on a busy machine: once more
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.address = f"127.0.0.1:{s.getsockname()[1]}"
+            self.tmp = tempfile.mkdtemp(prefix="raysc-", dir="/tmp")  # short: Ray's socket paths are limited
+            common = [ray, "start", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats",
+                      "--object-store-memory", str(store_mib << 20)]
+            cmds = [[*common, "--head", "--port", self.address.split(":")[1], "--temp-dir", self.tmp,
+                     "--include-dashboard", "false"]] + [[*common, "--address", self.address]] * (nodes - 1)
+            wait = (f"import ray, time; ray.init(address={self.address!r}, logging_level='ERROR', log_to_driver=False)"
+                    f"\nwhile sum(n['Alive'] for n in ray.nodes()) < {nodes}: time.sleep(0.2)")  # every node up
+            script = " && ".join(shlex.join(map(str, c)) for c in [*cmds, [python, "-c", wait]])
+            p = subprocess.Popen(["bash", "-c", script], start_new_session=True, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, env=_env())
+            self.sid = p.pid
+            try:
+                out = p.communicate(timeout=300)[0]
+            except subprocess.TimeoutExpired:
+                out = "not up after 300 s"
+            if p.returncode == 0:
+                return
             self.stop()
-            raise SystemExit(f"ray {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
+            print(f"starting the Ray cluster failed (attempt {attempt}):\n{out[-3000:]}", flush=True)
+        raise SystemExit("could not start the Ray cluster")
 
-    def pids(self, procs: dict[int, tuple[int, str]]) -> set[int]:
-        roots = {p for p, (_, cmd) in procs.items() if self.tmp in cmd or f"127.0.0.1:{self.port}" in cmd}
-        return _tree(procs, roots - {os.getpid()})
+    def pids(self, procs: dict[int, tuple[int, int]]) -> set[int]:
+        return {p for p, (_, sid) in procs.items() if sid == self.sid}  # the daemons and workers
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s, this cluster's processes only."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             _kill(self.pids(_procs()), sig)
-            for _ in range(100):
-                if not self.pids(_procs()):
-                    break
+            deadline = time.time() + 10
+            while self.pids(_procs()) and time.time() < deadline:
                 time.sleep(0.1)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -229,9 +217,11 @@ def _kill(pids: set[int], sig: int) -> None:
 
 
 def _env() -> dict[str, str]:
-    """This environment without RAY_ADDRESS, importing cqia_nb from this checkout."""
+    """This environment importing cqia_nb from this checkout, without RAY_ADDRESS, with Ray's token
+    authentication off (its token, ~/.ray/auth_token, is shared by every cluster on the machine)."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": path}
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {
+        "PYTHONPATH": path, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def run_cli(python: str, engine: str, data: Path, records: int, work: Path, timeout: float, max_rss: float,
@@ -249,8 +239,7 @@ def run_cli(python: str, engine: str, data: Path, records: int, work: Path, time
         p = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=ROOT, env=_env())
         try:
             while not (w := os.wait4(p.pid, os.WNOHANG))[0]:
-                procs = _procs()
-                tree = _tree(procs, {p.pid})
+                tree = _tree(procs := _procs(), {p.pid})
                 ext = (cluster.pids(procs) - tree) if cluster and engine == "ray" else set()
                 tree_peak = max(tree_peak, sum(_field(f"/proc/{q}/status", "VmRSS") for q in tree | ext))
                 pss_peak = max(pss_peak, sum(_field(f"/proc/{q}/smaps_rollup", "Pss") for q in tree | ext))
@@ -279,9 +268,10 @@ def run_cli(python: str, engine: str, data: Path, records: int, work: Path, time
                    tree_peak=tree_peak, pss_peak=pss_peak, kept=int(kept[-1]) if kept else None)
         if cluster and engine == "ray":
             res["cluster_idle_rss"] = idle
-        if lines := [ln.strip() for ln in (stdout + stderr).splitlines() if "dedup index" in ln.lower()]:
-            m = re.search(r"([\d.,]+)\s*(?:bytes|B)\s*(?:/|per|a)\s*record", lines[-1])
-            res.update(dedup_index_line=lines[-1], dedup_bytes_per_record=float(m[1].replace(",", "")) if m else None)
+        # a streaming run prints "streaming: STEP kept N bytes a record for its decision (spilled to disk)"
+        index = {k: float(v) for k, v in re.findall(r"^streaming: (\S+) kept ([\d.]+) bytes a record", stdout, re.M)}
+        res.update(streamed=bool(re.search(r"^streaming: ", stdout, re.M)), index_bytes=index,
+                   dedup_bytes_per_record=sum(v for k, v in index.items() if "dedup" in k) if index else None)
     shutil.rmtree(out, ignore_errors=True)
     return res
 
@@ -290,8 +280,8 @@ def summarise(runs: list[dict]) -> dict:
     ok = [r for r in runs if "wall" in r]
     if not ok:
         return {"failed": runs[-1].get("failed", "?") if runs else "not run"}
-    s = {"reps": len(ok), "kept": ok[0]["kept"], "wall": statistics.median(r["wall"] for r in ok),
-         "cpu": statistics.median(r["cpu"] for r in ok)} | {
+    s = {"reps": len(ok), "kept": ok[0]["kept"], "streamed": any(r.get("streamed") for r in ok),
+         "wall": statistics.median(r["wall"] for r in ok), "cpu": statistics.median(r["cpu"] for r in ok)} | {
         k: max(v) for k in ("peak", "tree_peak", "pss_peak", "cluster_idle_rss", "dedup_bytes_per_record")
         if (v := [r[k] for r in ok if r.get(k) is not None])}
     return s | {"rps": ok[0]["records"] / s["wall"]}
@@ -307,7 +297,8 @@ def report(res: dict, sizes: list[int], engines: list[str], data: dict[int, dict
     for e in engines:
         for n in sizes:
             s, b = res.get(f"{e}@{n}", {}), res.get(f"{e}@{lo}", {})
-            head = f"| {e} | {n:,} | {mib(data[n]['parquet_bytes'])} / {mib(data[n]['arrow_bytes'])} |"
+            name = f"{e} (streamed!)" if e == "inmemory" and s.get("streamed") else e  # above the auto threshold
+            head = f"| {name} | {n:,} | {mib(data[n]['parquet_bytes'])} / {mib(data[n]['arrow_bytes'])} |"
             if "wall" not in s:
                 lines.append(f"{head} {s.get('failed', '-')} |" + " - |" * 8)
                 continue
@@ -342,10 +333,9 @@ def main() -> None:
                     "folder under /tmp, removed at the end)")
     ap.add_argument("--shard-rows", type=int, default=50_000)
     ap.add_argument("--row-group", type=int, default=8192, help="most rows per row group (split evenly)")
-    ap.add_argument("--inmemory-input", choices=("shards", "file"), default="shards",
-                    help="the inmemory engine reads the shards folder, or one records.parquet (a CLI without shards)")
     ap.add_argument("--python", default=sys.executable, help="the interpreter that runs the CLI")
     ap.add_argument("--ray-python", help="the interpreter for the ray engines, with ray installed (default --python)")
+    ap.add_argument("--ray-object-store-mib", type=int, default=1024, help="per node (Ray spills beyond it)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per run")
     ap.add_argument("--max-rss-gib", type=float, default=18.0, help="kill a run whose process tree passes this")
     ap.add_argument("--out", help="write every run and the summaries here (JSON)")
@@ -366,17 +356,15 @@ def main() -> None:
     try:
         data = results["data"] = {n: generate(Path(a.data), root, n, a.shard_rows, a.row_group) for n in sizes}
         if "ray" in engines:
-            cluster = Cluster(ray_py, nodes=2)
+            cluster = Cluster(ray_py, nodes=2, store_mib=a.ray_object_store_mib)
             print(f"ray cluster at {cluster.address}, 2 nodes", flush=True)
         for n in sizes:
             runs: dict[str, list[dict]] = {e: [] for e in engines}
             for e in [e for _ in range(reps[n]) for e in engines]:
                 if runs[e] and "failed" in runs[e][-1]:
                     continue  # no repeat after a failure
-                file = e == "inmemory" and a.inmemory_input == "file"
-                src = combined_file(root, n) if file else root / f"n{n}" / "shards"
-                r = run_cli(ray_py if e.startswith("ray") else a.python, e, src, n, root / "runs", a.timeout,
-                            a.max_rss_gib, cluster)
+                r = run_cli(ray_py if e.startswith("ray") else a.python, e, root / f"n{n}" / "shards", n,
+                            root / "runs", a.timeout, a.max_rss_gib, cluster)
                 runs[e].append(r)
                 results["runs"].append(r)
                 msg = (f"wall {r['wall']:7.1f} s  {r['rps']:8,.0f} rec/s  cpu {r['cpu']:7.1f} s  peak "
