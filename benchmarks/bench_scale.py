@@ -33,10 +33,10 @@ CPU the cluster's processes used during the run); peak memory:
 Also sampled for every engine: the peak sums of RSS (``tree_peak``) and of PSS (RSS counts shared
 pages, e.g. Ray's object store, once per process; PSS splits them among their users) over the
 same processes. Input size: Parquet and Arrow bytes. Ratios: records/s at each size / at the
-smallest (target >= 0.8); peak RSS at each size / at the smallest (streaming: ~1.0 apart from the
-dedup index: the bytes a record the dedup steps keep, as the streaming run prints them; the peak's
-growth per extra record is printed either way); ray wall / inmemory wall at the same size (target
-<= 1.5). Linux only (/proc, wait4).
+smallest (target >= 0.8; CPU seconds a record too, steadier on a busy machine); peak RSS at each
+size / at the smallest (streaming: ~1.0 apart from the dedup index, the bytes a record the dedup
+steps keep as the streaming run prints them; the peak's growth per extra record is printed either
+way); ray wall / inmemory wall at the same size (target <= 1.5). Linux only (/proc, wait4).
 """
 
 from __future__ import annotations
@@ -310,9 +310,9 @@ def report(res: dict, sizes: list[int], engines: list[str], data: dict[int, dict
     for e in engines:
         a, b = res.get(f"{e}@{lo}", {}), res.get(f"{e}@{hi}", {})
         if "wall" in a and "wall" in b and hi > lo:
-            lines.append(f"{e}: records/s at {hi:,} / at {lo:,}: {b['rps'] / a['rps']:.2f} (target >= 0.8); peak RSS "
-                         f"{b['peak'] / a['peak']:.2f}x, {(b['peak'] - a['peak']) / (hi - lo):,.0f} bytes per extra "
-                         "record")
+            lines.append(f"{e}: records/s at {hi:,} / at {lo:,}: {b['rps'] / a['rps']:.2f} (target >= 0.8; CPU s a "
+                         f"record: {b['cpu'] * lo / (a['cpu'] * hi):.2f}x); peak RSS {b['peak'] / a['peak']:.2f}x, "
+                         f"{(b['peak'] - a['peak']) / (hi - lo):,.0f} bytes per extra record")
     for e in ("ray", "ray-local"):
         for n in sizes:
             r, m = res.get(f"{e}@{n}", {}), res.get(f"inmemory@{n}", {})
