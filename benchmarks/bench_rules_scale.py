@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/bench_rules_scale.py --scales 1,10 --reps 1:2,10:2
     .venv/bin/python benchmarks/bench_rules_scale.py --scales 1,10,50 --reps 1:2,10:2,50:1 \\
         --steps recipe,special_chars,ngram_repetition --baseline /tmp/cqia-main
+    .venv/bin/python benchmarks/bench_rules_scale.py --engine streaming --scales 1,10,50 \
+        --reps 1:2,10:1,50:1 --steps rules,recipe     # the streaming engine (issue 13), outputs written
 
 Data: the real copy (``--data``, default ../shared/coig-cqia) and K-1 replicas of it, generated
 into a temporary folder (removed at the end; never committed, never under the repo). Replica r
@@ -144,6 +146,7 @@ def build_data(real: Path, out: Path, scales: list[int], how: str) -> dict[int, 
         assert frame["record_id"].n_unique() == frame.height
         paths[k] = out / f"x{k}.arrow"
         frame.write_ipc(paths[k], compression="uncompressed")
+        frame.write_parquet(paths[k].with_suffix(".parquet"), row_group_size=8192)  # the streaming engine's input
         print(f"data x{k} ({how}): {frame.height:,} records, {paths[k].stat().st_size / 2**20:.0f} MiB Arrow file, "
               f"{frame['instruction'].n_unique():,} distinct instructions", flush=True)
         del frame
@@ -161,10 +164,12 @@ def _status(key: str) -> int:
     return 0
 
 
-def child(data: str, step: str) -> None:
+def child(data: str, step: str, engine: str = "memory") -> None:
     """One timed run (in a fresh process); prints a JSON line."""
     import cqia_nb
 
+    if engine == "streaming":
+        return child_streaming(data, step)
     with pa.OSFile(data) as f:  # read into memory (not memory-mapped: every page is resident)
         table = pa.ipc.open_file(f).read_all()
     arrow_bytes = table.get_total_buffer_size()
@@ -182,10 +187,30 @@ def child(data: str, step: str) -> None:
                       "records": frame.height, "kept": res.kept.height, "module": cqia_nb.__file__}))
 
 
-def run_one(src: Path, data: Path, step: str, max_rss_gib: float, timeout: float) -> dict:
+def child_streaming(data: str, step: str) -> None:
+    """The streaming engine (``cqia_nb.filter.streaming``) over the parquet copy of ``data``,
+    writing its outputs to a temporary folder: nothing is loaded first, so working memory = peak."""
+    import cqia_nb
+    from cqia_nb.filter.streaming import Source, run_streaming
+
+    src = Source(files=[Path(data).with_suffix(".parquet")])
+    cfg = PipelineConfig.from_dict(config_for(step), step)
+    with tempfile.TemporaryDirectory(prefix="cqia-stream-") as out:
+        run_pipeline(next(src.batches(300)), cfg)  # warm-up, as for the in-memory engine
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        c0, t0 = time.process_time(), time.perf_counter()
+        res = run_streaming(src, cfg, out)
+        sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+    print(json.dumps({"seconds": sec, "cpu": cpu, "peak": _status("VmHWM"), "frame": 0, "records": res.n_in,
+                      "kept": res.n_kept, "module": cqia_nb.__file__, "index_bytes": res.index_bytes}))
+
+
+def run_one(src: Path, data: Path, step: str, max_rss_gib: float, timeout: float, engine: str = "memory") -> dict:
     """One child run with cqia_nb imported from ``src``; killed past the memory or time limit."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(data), step]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(data), step, engine]
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         p = subprocess.Popen(cmd, stdout=fo, stderr=fe, text=True, env=env, cwd=src)
         try:
@@ -277,7 +302,7 @@ def dedup_bytes_per_record(res: dict, scales: list[int]) -> list[str]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[2], sys.argv[3])
+        child(sys.argv[2], sys.argv[3], *sys.argv[4:5])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "coig-cqia"), help="the real COIG-CQIA copy")
@@ -293,6 +318,9 @@ def main() -> None:
     ap.add_argument("--replicas", choices=("cipher", "edit"), default="cipher",
                     help="how replicas differ from the real records (see the module docstring)")
     ap.add_argument("--tmp", default=None, help="folder for the generated data (default: a new temp dir)")
+    ap.add_argument("--engine", choices=("memory", "streaming"), default="memory",
+                    help="memory: run_pipeline on the loaded frame; streaming: run_streaming over a parquet copy, "
+                         "writing the outputs (issue 13)")
     a = ap.parse_args()
     # a SIGTERM unwinds like Ctrl-C: run_one kills its child, the temporary data is removed
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -318,7 +346,7 @@ def main() -> None:
                 for _ in range(reps.get(k, 1)):  # interleaved: new, baseline, new, baseline ...
                     for i in todo:
                         if not runs[i] or "seconds" in runs[i][-1]:  # no repeat after a kill
-                            runs[i].append(run_one(impls[i], data[k], step, a.max_rss_gib, a.timeout))
+                            runs[i].append(run_one(impls[i], data[k], step, a.max_rss_gib, a.timeout, a.engine))
                 for i in todo:
                     s = results[f"{i}:{step}@{k}"] = {**summarise(runs[i]), "runs": runs[i]}
                     msg = (f"wall {s['seconds']:8.2f} s  cpu {s['cpu']:8.2f} s  peak {s['peak'] / 2**20:7.0f} MiB"
