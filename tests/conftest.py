@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -224,3 +226,31 @@ def assert_frames_identical(a: pl.DataFrame, b: pl.DataFrame, what: str) -> None
     for c, t in a.schema.items():
         if t == pl.Float64:
             assert float_bits_equal(a[c], b[c]), f"{what}: column {c} differs in its float bits"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator["RayCluster"]:
+    """A running two-node Ray cluster (a head and one more node, 1 CPU each, on 127.0.0.1; see
+    tests/ray_cluster.py), skipped with a reason when ray is not installed. Every process it started is
+    killed at the end of the session, whatever the tests did."""
+    pytest.importorskip("ray", reason="ray is not installed: pip install -e '.[ray]' (or `make setup`) "
+                                      "to run the Ray engine tests")
+    from ray_cluster import CLUSTER_ENV, RayCluster
+
+    saved_env = {k: os.environ.get(k) for k in CLUSTER_ENV}
+    os.environ.update(CLUSTER_ENV)  # this process connects to the cluster as its nodes do
+    ray_bin = Path(sys.executable).with_name("ray")
+    # short: Ray's socket paths (inside the temp dir) must fit in 107 bytes
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayt-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    cluster = RayCluster(str(ray_bin) if ray_bin.is_file() else (shutil.which("ray") or "ray"), temp_dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -149,7 +149,7 @@ def test_filter_unknown_step_key_or_parameter_fails_with_a_hint(tmp_path, filter
     assert ("no step 'special_char' in steps (did you mean 'special_chars'?); steps (position name): "
             "1 output_length, 2 special_chars, 3 url") in lines[-1]
     rc, lines = _filter([*base, "--set", "stepz.url.x=1"], capsys)
-    assert rc == 2 and "unknown key(s) 'stepz' (did you mean 'steps'?); valid keys: input, name, out_dir, spill_dir, steps, streaming" in lines[-1]
+    assert rc == 2 and "unknown key(s) 'stepz' (did you mean 'steps'?); valid keys: address, engine, input, name, out_dir, spill_dir, steps, streaming" in lines[-1]
     rc, lines = _filter([*base, "--set", "steps.url.max_cont=1"], capsys)
     assert rc == 2 and "step 3 (url): filter 'url' has no parameter(s) ['max_cont'] (did you mean 'max_count'?)" in "".join(lines)
     assert not out.exists()  # nothing written

@@ -32,6 +32,10 @@ A bad recipe fails in ``PipelineConfig.build()`` (called first by ``run_pipeline
 record is touched: unknown step names, unknown parameters, parameters of the wrong type, invalid
 regular expressions, and (in ``run_pipeline``) columns the input lacks. Every message names the
 step. Outputs: ``write_outputs(result, out_dir)`` and ``read_kept(out_dir)``.
+
+Why this module is long: it is the one contract every engine shares (the step classes, the recipe's
+validation, ``run_batch``, the stream protocol and the in-memory pipeline); split, each part would
+import the others.
 """
 
 from __future__ import annotations
@@ -517,6 +521,10 @@ class FilterRun:
     streaming: bool | None = None
     #: where streaming spills keys and intermediate records (default: inside out_dir)
     spill_dir: str | None = None
+    #: "local" (this process) or "ray" (``cqia_nb.filter.ray_engine``: Ray Data, same outputs)
+    engine: str = "local"
+    #: the Ray cluster for engine "ray": 'auto' or HOST:PORT; None starts a local Ray instance
+    address: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.input, str) or not self.input:
@@ -525,6 +533,15 @@ class FilterRun:
             raise ConfigError(f"streaming: true, false or null (decide by the input's size), got {self.streaming!r}")
         if self.out_dir is not None and (not isinstance(self.out_dir, str) or not self.out_dir):
             raise ConfigError(f"out_dir: a folder path, got {self.out_dir!r}")
+        if self.engine not in ("local", "ray"):
+            raise ConfigError(f"engine: 'local' or 'ray', got {self.engine!r}")
+        if self.address is not None and (not isinstance(self.address, str) or not self.address):
+            raise ConfigError(f"address: a Ray cluster's HOST:PORT or 'auto', got {self.address!r}")
+        if self.address is not None and self.engine != "ray":
+            raise ConfigError("address: a Ray cluster is for engine 'ray'; add --engine ray (or leave out --address)")
+        if self.engine == "ray" and self.streaming:
+            raise ConfigError("streaming is the local engine's way to bound memory; with engine 'ray' the records "
+                              "are spread over the cluster's object store: leave out --streaming or --engine ray")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "FilterRun":
