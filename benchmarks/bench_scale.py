@@ -23,13 +23,15 @@ PYTHONPATH=this checkout; the wall time includes start-up, reading and writing t
              its own, a head and a second node (``ray start``, 1 CPU each), stopped at the end by
              killing that session's processes (``ray stop`` would stop everyone's Ray)
   ray-local  the same + --engine ray (the driver's own ray.init)
-Engines are interleaved within a repetition. Measured: wall seconds; records/s = input records /
-wall; CPU seconds (user + system of the CLI and the children it reaped, from wait4; ray: plus the
-CPU the cluster's processes used during the run); peak memory:
+Engines are interleaved within a repetition; each run has a session of its own, whose processes are
+killed after it; a run that fails (not at a limit) runs once more. Measured: wall seconds; records/s
+= input records / wall; CPU seconds (user + system of the CLI and the children it reaped, from
+wait4; ray: the CPU every process below used during the run, sampled); peak memory:
   inmemory, streaming  peak RSS of the CLI process (ru_maxrss from wait4, the kernel's high-water mark);
-  ray, ray-local       peak over time of the SUM of the RSS of the driver, its descendants and every
-                       process of the cluster (gcs_server, raylet, workers, agents: its session),
-                       sampled every 0.2 s from /proc; the idle cluster's included (also given alone).
+  ray, ray-local       peak over time of the SUM of the RSS of the driver with its descendants and its
+                       session, and of every process of the cluster (gcs_server, raylet, workers,
+                       agents: the cluster's session), sampled every 0.2 s from /proc; the idle
+                       cluster is included (also given alone).
 Also sampled for every engine: the peak sums of RSS (``tree_peak``) and of PSS (RSS counts shared
 pages, e.g. Ray's object store, once per process; PSS splits them among their users) over the
 same processes. Input size: Parquet and Arrow bytes. Ratios: records/s at each size / at the
@@ -77,8 +79,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 def generate(real: Path, root: Path, n: int, shard_rows: int, row_group: int) -> dict:
     """n<N>/shards/ in ``root``: ``n`` records (the real copy, then replicas), written replica by
     replica; reused when a previous invocation wrote it with the same layout."""
-    d = root / f"n{n}"
-    manifest = d / "manifest.json"
+    manifest = (d := root / f"n{n}") / "manifest.json"
     m = json.loads(manifest.read_text()) if manifest.is_file() else {}
     if (m.get("shard_rows"), m.get("row_group_max")) == (shard_rows, row_group):
         print(f"data n={n:,}: reused {d} (generated in {m['seconds']:.0f} s)", flush=True)
@@ -144,6 +145,10 @@ def _tree(procs: dict[int, tuple[int, int]], roots: set[int]) -> set[int]:
     return seen
 
 
+def _session(procs: dict[int, tuple[int, int]], sid: int) -> set[int]:
+    return {p for p, (_, s) in procs.items() if s == sid}
+
+
 def _field(path: str, key: str) -> int:
     """A ``key: N kB`` line of a /proc file, in bytes (0 if gone)."""
     try:
@@ -198,7 +203,7 @@ class Cluster:
         raise SystemExit("could not start the Ray cluster")
 
     def pids(self, procs: dict[int, tuple[int, int]]) -> set[int]:
-        return {p for p, (_, sid) in procs.items() if sid == self.sid}  # the daemons and workers
+        return _session(procs, self.sid)  # the daemons and workers
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s, this cluster's processes only."""
@@ -236,14 +241,14 @@ def run_cli(python: str, engine: str, data: Path, records: int, work: Path, time
     cpu_last, tree_peak, pss_peak, killed, load = dict(cpu0), 0, 0, None, os.getloadavg()[0]
     with open(out / "stdout", "w+") as fo, open(out / "stderr", "w+") as fe:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=ROOT, env=_env())
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=ROOT, env=_env(), start_new_session=True)
         try:
             while not (w := os.wait4(p.pid, os.WNOHANG))[0]:
-                tree = _tree(procs := _procs(), {p.pid})
+                tree = _tree(procs := _procs(), {p.pid}) | _session(procs, p.pid)  # daemonised ones too
                 ext = (cluster.pids(procs) - tree) if cluster and engine == "ray" else set()
                 tree_peak = max(tree_peak, sum(_field(f"/proc/{q}/status", "VmRSS") for q in tree | ext))
                 pss_peak = max(pss_peak, sum(_field(f"/proc/{q}/smaps_rollup", "Pss") for q in tree | ext))
-                cpu_last.update({q: _cpu(q) for q in ext})
+                cpu_last.update({q: _cpu(q) for q in tree | ext})
                 if tree_peak > max_rss * 2**30 or time.perf_counter() - t0 > timeout:
                     killed = f"RSS > {max_rss} GiB" if tree_peak > max_rss * 2**30 else f"over {timeout:.0f} s"
                     _kill(tree, signal.SIGKILL)
@@ -254,14 +259,17 @@ def run_cli(python: str, engine: str, data: Path, records: int, work: Path, time
             if p.returncode is None:  # interrupted: leave no CLI process behind
                 _kill(_tree(_procs(), {p.pid}), signal.SIGKILL)
                 p.wait()
+            _kill(left := _session(_procs(), p.pid), signal.SIGKILL)  # what the run left running (Ray's)
         fo.seek(0), fe.seek(0)
         stdout, stderr = fo.read(), fe.read()
-    res: dict = {"engine": engine, "records": records, "returncode": p.returncode, "load_before": load}
+    res: dict = {"engine": engine, "records": records, "returncode": p.returncode, "load_before": load,
+                 "killed": bool(killed), "left_running": len(left)}
     if killed or p.returncode:
         res["failed"] = killed or (stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1][-300:]
         res["stderr_tail"] = stderr[-3000:]
     else:
-        cpu = ru.ru_utime + ru.ru_stime + sum(max(0.0, cpu_last[q] - cpu0.get(q, 0.0)) for q in cpu_last)
+        sampled = sum(max(0.0, cpu_last[q] - cpu0.get(q, 0.0)) for q in cpu_last)  # Ray's workers are not reaped
+        cpu = sampled if engine.startswith("ray") else ru.ru_utime + ru.ru_stime
         kept = re.findall(r"(\d+) kept", stdout)  # the summary line: N in, K kept, D dropped
         peak = tree_peak if engine.startswith("ray") else ru.ru_maxrss * 1024
         res.update(wall=wall, rps=records / wall, cpu=cpu, peak=peak,
@@ -363,8 +371,12 @@ def main() -> None:
             for e in [e for _ in range(reps[n]) for e in engines]:
                 if runs[e] and "failed" in runs[e][-1]:
                     continue  # no repeat after a failure
-                r = run_cli(ray_py if e.startswith("ray") else a.python, e, root / f"n{n}" / "shards", n,
-                            root / "runs", a.timeout, a.max_rss_gib, cluster)
+                for attempt in (1, 2):  # once more after a failed start (Ray missing its start-up deadline)
+                    r = run_cli(ray_py if e.startswith("ray") else a.python, e, root / f"n{n}" / "shards", n,
+                                root / "runs", a.timeout, a.max_rss_gib, cluster)
+                    if "failed" not in r or r["killed"] or attempt == 2:
+                        break
+                    print(f"{e:10s} {n:>9,}  failed, once more: {r['failed']}", flush=True)
                 runs[e].append(r)
                 results["runs"].append(r)
                 msg = (f"wall {r['wall']:7.1f} s  {r['rps']:8,.0f} rec/s  cpu {r['cpu']:7.1f} s  peak "
