@@ -270,7 +270,7 @@ def run_cli(python: str, engine: str, data: Path, records: int, work: Path, time
     else:
         sampled = sum(max(0.0, cpu_last[q] - cpu0.get(q, 0.0)) for q in cpu_last)  # Ray's workers are not reaped
         cpu = sampled if engine.startswith("ray") else ru.ru_utime + ru.ru_stime
-        kept = re.findall(r"(\d+) kept", stdout)  # the summary line: N in, K kept, D dropped
+        kept = re.findall(r"\d+ in, (\d+) kept", stdout)  # the summary line: N in, K kept, D dropped
         peak = tree_peak if engine.startswith("ray") else ru.ru_maxrss * 1024
         res.update(wall=wall, rps=records / wall, cpu=cpu, peak=peak,
                    tree_peak=tree_peak, pss_peak=pss_peak, kept=int(kept[-1]) if kept else None)
