@@ -161,6 +161,8 @@ def cmd_filter(args: argparse.Namespace) -> int:
         paths = result.paths
         for step, b in result.index_bytes.items():
             print(f"streaming: {step} kept {b:.0f} bytes a record for its decision (spilled to disk)")
+        if result.resumed:
+            print(f"streaming: resumed after the {result.resumed} stage(s) an earlier run of this recipe had finished")
         for step in result.in_memory_steps:
             print(f"streaming: {step} has no stream protocol: the records reaching it were read into memory")
     else:

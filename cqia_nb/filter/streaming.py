@@ -31,8 +31,9 @@ are larger than ``STREAM_ABOVE_BYTES`` (``--set`` nothing: the CLI decides from 
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cqia_nb.core.atomic import staged_files
+from cqia_nb.core.atomic import staged_files, write_text
+from cqia_nb.core.hashing import content_key
 from cqia_nb.filter.framework import (
     AUDIT_COLUMNS,
     Decided,
@@ -149,6 +151,8 @@ class StreamResult:
     index_bytes: dict[str, float] = field(default_factory=dict)
     #: steps without the stream protocol: the records reaching them were read into memory
     in_memory_steps: list[str] = field(default_factory=list)
+    #: stages an earlier run of the same recipe on the same input had finished (taken from its spill)
+    resumed: int = 0
 
     def summary(self) -> str:
         return f"{self.n_in} in, {self.n_kept} kept, {self.n_dropped} dropped"
@@ -197,12 +201,32 @@ def _stage_batches(source: Source, columns: list[str], batch_rows: int | None,
             yield b.slice(o, n)
 
 
+def _fingerprint(source: Source, config: PipelineConfig) -> str:
+    """What decides a run's results: the recipe and the input (file names, sizes and mtimes, or the
+    frame's row hashes), so a spill folder is reused only by the same run."""
+    steps = [(st.filter, st.label, st.params) for st in config.steps]
+    if source.frame is not None:
+        data: object = [source.frame.height, source.frame.columns, int(source.frame.hash_rows(seed=7).sum())]
+    else:
+        data = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in source.files]
+    return content_key("cqia-stream-1", pl.__version__, steps, data)
+
+
+def _stage_record(seg: list[int], outs: list[StepOutput], rows: int, index_bytes: dict[str, float],
+                  in_memory: list[str]) -> str:
+    return json.dumps({"rows": rows, "outs": {str(k): [outs[k].n_in, outs[k].kept, outs[k].changed, outs[k].seconds]
+                                              for k in seg}, "index_bytes": index_bytes, "in_memory": in_memory})
+
+
 def run_streaming(source: Source, config: PipelineConfig, out_dir: str | Path, *, spill_dir: str | Path | None = None,
                   batch_rows: int | None = None, batch_bytes: int | None = None,
                   progress: bool = False) -> StreamResult:
     """Run ``config`` over ``source`` one batch at a time and write the outputs to ``out_dir``
-    (atomically, as ``write_outputs`` does). Spill files go to a temporary folder in ``spill_dir``
-    (default: inside ``out_dir``), removed at the end."""
+    (atomically, as ``write_outputs`` does).
+
+    Spill files go to ``.cqia-spill.<key>`` in ``spill_dir`` (default: ``out_dir``), removed when
+    the run succeeds. A run that stops (killed, a full disk) leaves the stages it finished there,
+    and the same command (same recipe, same input) starts after them: ``StreamResult.resumed``."""
     built = config.build()
     empty = source.empty()
     check_columns(empty, built)
@@ -213,6 +237,7 @@ def run_streaming(source: Source, config: PipelineConfig, out_dir: str | Path, *
     audit_empty = empty.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
     index_bytes: dict[str, float] = {}
     in_memory: list[str] = []
+    resumed = 0
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -220,71 +245,92 @@ def run_streaming(source: Source, config: PipelineConfig, out_dir: str | Path, *
         bar = tqdm(total=len(built), desc="filters (streaming)", unit="step")
     out = Path(out_dir)
     with staged_files(out) as tmp:
-        spill = Path(tempfile.mkdtemp(prefix=".cqia-spill.", dir=spill_dir or out))
-        try:
-            gone_sinks = {k: _Sink(spill / f"dropped-{k:04d}.parquet", audit_empty) for k in range(len(built))}
-            current = source
-            segs = segments(built)
-            for si, seg in enumerate(segs):
-                target = _Sink(tmp / "kept.parquet" if si == len(segs) - 1 else spill / f"stage-{si:04d}.parquet", empty)
-                steps: list[tuple[int, str, Filter | Transform]] = [(k + 1, *built[k]) for k in seg]
-                flt = built[seg[0]][1]
-                cols = [c for k in seg for c in built[k][1].required_columns()]
-                if not flt.per_record and streamable(flt):
-                    t0 = time.perf_counter()
-                    keys = _Sink(spill / f"keys-{si:04d}.parquet")
-                    for b in _stage_batches(current, cols, batch_rows, batch_bytes):
-                        keys.write(flt.stream_keys(b))  # type: ignore[union-attr]
-                    keys.close()
-                    if keys.rows:
-                        index_bytes[steps[0][1]] = keys.path.stat().st_size / keys.rows
-                        src = current
-                        dropped = decisions(flt, pl.scan_parquet(keys.path),  # type: ignore[arg-type]
-                                            lambda: _stage_batches(src, cols, batch_rows, batch_bytes))
-                    else:
-                        dropped = pl.DataFrame(schema={"record_id": pl.String, "value": pl.Float64, "detail": pl.String})
-                    outs[seg[0]].seconds += time.perf_counter() - t0
-                    steps = [(seg[0] + 1, steps[0][1], Decided(flt, dropped))]  # type: ignore[arg-type]
-                if not streamable(flt):
-                    in_memory.append(steps[0][1])
-                    batches: Iterator[pl.DataFrame] = iter([current.read_all()])
-                else:
-                    batches = _stage_batches(current, cols, batch_rows, batch_bytes)
-                accs = [outs[k] for k in seg]
-                for b in batches:
-                    target.write(run_batch(b, steps, accs))
-                    for k, acc in zip(seg, accs):
-                        for g in acc.gone:
-                            gone_sinks[k].write(g)
-                        acc.gone.clear()
-                        acc.measured.clear()  # not an output; kept per batch only
-                    _release_free_memory()
-                target.close()
-                current = Source(files=[target.path], label=str(target.path))
-                if bar is not None:
-                    bar.update(len(seg))
-            n_kept = target.rows
-            dropped_sink = _Sink(tmp / "dropped.parquet", audit_empty)
-            for k in range(len(built)):
-                sink = gone_sinks[k]
-                if sink.writer is not None:
+        spill = Path(spill_dir or out) / f".cqia-spill.{_fingerprint(source, config)[:16]}"
+        spill.mkdir(parents=True, exist_ok=True)
+        current = source
+        segs = segments(built)
+        for si, seg in enumerate(segs):
+            done, target = spill / f"stage-{si:04d}.json", _Sink(spill / f"stage-{si:04d}.parquet", empty)
+            if done.is_file() and target.path.is_file():  # finished by an earlier run that stopped later
+                rec = json.loads(done.read_text(encoding="utf-8"))
+                for k, (n_in, kept, changed, sec) in rec["outs"].items():
+                    o = outs[int(k)]
+                    o.n_in, o.kept, o.changed, o.seconds = n_in, kept, changed, sec
+                index_bytes.update(rec["index_bytes"])
+                in_memory.extend(rec["in_memory"])
+                target.rows = rec["rows"]
+                resumed += 1
+            else:
+                gone = {k: _Sink(spill / f"dropped-{k:04d}.parquet", audit_empty) for k in seg}
+                ib, im = _run_stage(current, built, seg, spill / f"keys-{si:04d}.parquet", target, gone, outs,
+                                    batch_rows, batch_bytes)
+                for sink in gone.values():
                     sink.close()
-                    for b in _raw_batches(sink.path):
-                        dropped_sink.write(b)
-            dropped_sink.close()
-            write_jsonl(tmp / "kept.jsonl", Source(files=[tmp / "kept.parquet"]).batches())
-            write_jsonl(tmp / "dropped.jsonl", _raw_batches(tmp / "dropped.parquet"), audit=True)
-            table = steps_table(built, outs)
-            table.write_csv(tmp / "steps.csv")
-            n_in = int(table["records_in"][0]) if table.height else 0
-            result = StreamResult(table, n_in, n_kept, dropped_sink.rows, {}, index_bytes, in_memory)
-            write_pipeline_json(tmp / "pipeline.json", config, result.summary())
-        finally:
-            shutil.rmtree(spill, ignore_errors=True)
+                index_bytes.update(ib)
+                in_memory.extend(im)
+                write_text(done, _stage_record(seg, outs, target.rows, ib, im))
+            current = Source(files=[target.path], label=str(target.path))
             if bar is not None:
-                bar.close()
+                bar.update(len(seg))
+        if bar is not None:
+            bar.close()
+        dropped_sink = _Sink(tmp / "dropped.parquet", audit_empty)
+        for k in range(len(built)):
+            if (spill / f"dropped-{k:04d}.parquet").is_file():
+                for b in _raw_batches(spill / f"dropped-{k:04d}.parquet"):
+                    dropped_sink.write(b)
+        dropped_sink.close()
+        write_jsonl(tmp / "kept.jsonl", current.batches())
+        write_jsonl(tmp / "dropped.jsonl", _raw_batches(tmp / "dropped.parquet"), audit=True)
+        table = steps_table(built, outs)
+        table.write_csv(tmp / "steps.csv")
+        n_in = int(table["records_in"][0]) if table.height else 0
+        result = StreamResult(table, n_in, target.rows, dropped_sink.rows, {}, index_bytes, in_memory, resumed)
+        write_pipeline_json(tmp / "pipeline.json", config, result.summary())
+        os.replace(target.path, tmp / "kept.parquet")
+    shutil.rmtree(spill, ignore_errors=True)
     result.paths = {n: out / n for n in (*OUTPUT_FILES, "pipeline.json")}
     return result
+
+
+def _run_stage(current: Source, built: list[tuple[str, Filter | Transform]], seg: list[int], keys_path: Path,
+               target: _Sink, gone: dict[int, _Sink], outs: list[StepOutput], batch_rows: int | None,
+               batch_bytes: int | None) -> tuple[dict[str, float], list[str]]:
+    """One stage over ``current``: its kept records to ``target``, each step's dropped ones to
+    ``gone``; returns the index bytes a record of a decided step and the steps read into memory."""
+    steps: list[tuple[int, str, Filter | Transform]] = [(k + 1, *built[k]) for k in seg]
+    flt = built[seg[0]][1]
+    cols = [c for k in seg for c in built[k][1].required_columns()]
+    index_bytes: dict[str, float] = {}
+    if not flt.per_record and streamable(flt):
+        t0 = time.perf_counter()
+        keys = _Sink(keys_path)
+        for b in _stage_batches(current, cols, batch_rows, batch_bytes):
+            keys.write(flt.stream_keys(b))  # type: ignore[union-attr]
+        keys.close()
+        if keys.rows:
+            index_bytes[steps[0][1]] = keys.path.stat().st_size / keys.rows
+            dropped = decisions(flt, pl.scan_parquet(keys.path),  # type: ignore[arg-type]
+                                lambda: _stage_batches(current, cols, batch_rows, batch_bytes))
+        else:
+            dropped = pl.DataFrame(schema={"record_id": pl.String, "value": pl.Float64, "detail": pl.String})
+        outs[seg[0]].seconds += time.perf_counter() - t0
+        steps = [(seg[0] + 1, steps[0][1], Decided(flt, dropped))]  # type: ignore[arg-type]
+    if not streamable(flt):
+        batches: Iterator[pl.DataFrame] = iter([current.read_all()])
+    else:
+        batches = _stage_batches(current, cols, batch_rows, batch_bytes)
+    accs = [outs[k] for k in seg]
+    for b in batches:
+        target.write(run_batch(b, steps, accs))
+        for k, acc in zip(seg, accs):
+            for g in acc.gone:
+                gone[k].write(g)
+            acc.gone.clear()
+            acc.measured.clear()  # not an output; kept per batch only
+        _release_free_memory()
+    target.close()
+    return index_bytes, ([] if streamable(flt) else [steps[0][1]])
 
 
 def _raw_batches(path: Path) -> Iterator[pl.DataFrame]:

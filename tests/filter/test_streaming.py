@@ -5,6 +5,8 @@ with the same reasons, same steps table — on the bundled and the real data, fo
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -20,7 +22,7 @@ from cqia_nb.filter.framework import Filter, register
 from cqia_nb.filter.outputs import write_outputs
 from cqia_nb.filter.streaming import Source, open_source, run_streaming
 
-from conftest import assert_frames_identical
+from conftest import assert_frames_identical, sigkill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = ROOT / "recipes" / "filter-default.yaml"
@@ -69,6 +71,7 @@ def test_bundled_streaming_equals_in_memory(tmp_path, recipe, batch_rows):
     assert sorted(p.name for p in (tmp_path / "stream").iterdir()) == sorted(res.paths)  # spill removed
 
 
+@pytest.mark.slow  # test_killed_cli_run_resumes checks the real data through the CLI in the default suite
 def test_real_data_from_parquet_shards(tmp_path, recipe, real_data):
     frame = _load(str(real_data))
     write_outputs(F.run_pipeline(frame, recipe), tmp_path / "mem")
@@ -143,3 +146,47 @@ def test_parquet_source_reads_row_groups_and_drops_audit_columns(tmp_path):
     assert_frames_identical(pl.concat(parts), frame, "batches")
     assert src.empty().columns == frame.columns
     assert streaming.parquet_files(tmp_path / "nothing-here") is None
+
+
+def test_a_stopped_run_resumes_after_its_finished_stages(tmp_path, recipe, monkeypatch):
+    frame = _load("bundled")
+    write_outputs(F.run_pipeline(frame, recipe), tmp_path / "mem")
+    near = type(dict(recipe.build())["near_dedup"])
+
+    def boom(self, keys, reread=None):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:  # the last stage fails: the run stops, its finished stages stay
+        m.setattr(near, "stream_decide", boom)
+        with pytest.raises(OSError):
+            run_streaming(Source(frame=frame), recipe, tmp_path / "stream", batch_rows=100)
+    spill = [p for p in (tmp_path / "stream").iterdir() if p.name.startswith(".cqia-spill.")]
+    assert len(spill) == 1 and len(list(spill[0].glob("stage-*.json"))) == len(F.framework.segments(recipe.build())) - 1
+    (spill[0] / "stage-0005.parquet").write_bytes(b"half written")  # what a kill leaves mid-stage
+    calls = []
+    url = type(dict(recipe.build())["url"])
+    real_measure = url.measure
+    monkeypatch.setattr(url, "measure", lambda self, f: calls.append(1) or real_measure(self, f))
+    res = run_streaming(Source(frame=frame), recipe, tmp_path / "stream", batch_rows=100)
+    assert res.resumed == len(F.framework.segments(recipe.build())) - 1 and calls == []  # stage 0 not run again
+    assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
+    assert not any(p.name.startswith(".cqia-spill.") for p in (tmp_path / "stream").iterdir())
+    # another recipe on the same input does not take the first one's stages
+    other = F.PipelineConfig.from_dict({"steps": [{"filter": "url"}, {"filter": "exact_dedup"}]})
+    assert run_streaming(Source(frame=frame), other, tmp_path / "other").resumed == 0
+
+
+@pytest.mark.realdata
+def test_killed_cli_run_resumes(tmp_path, real_data):
+    shards = _shards(_load(str(real_data)), tmp_path / "shards", 2)
+    cmd = [sys.executable, "-m", "cqia_nb.cli", "filter", "--config", str(DEFAULT_RECIPE), "--set", f"input={shards}",
+           "--set", f"out_dir={tmp_path / 'out'}", "--streaming"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sigkill_when(proc, lambda: any((tmp_path / "out").glob(".cqia-spill.*/stage-0001.json")))
+    assert not (tmp_path / "out" / "kept.parquet").exists()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed after the" in done.stdout
+    assert cli.main(["filter", "--config", str(DEFAULT_RECIPE), "--set", f"input={shards}",
+                     "--set", f"out_dir={tmp_path / 'mem'}", "--no-streaming"]) == 0
+    assert_same_outputs(tmp_path / "mem", tmp_path / "out")
