@@ -254,3 +254,23 @@ def ray_cluster() -> Iterator["RayCluster"]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def load_frame(source: str) -> pl.DataFrame:
+    """The loader's frame of ``source`` ('bundled' or a path), its data warnings silenced."""
+    import warnings
+
+    from cqia_nb.data.load import LoadConfig, load
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load(LoadConfig(source=source)).frame
+
+
+def parquet_shards(frame: pl.DataFrame, folder: Path, n: int, row_group_size: int | None = None) -> Path:
+    """``frame`` as ``n`` parquet shards in ``folder`` (small ``row_group_size``: a shard is several batches)."""
+    folder.mkdir()
+    size = -(-frame.height // n)
+    for i in range(n):
+        frame.slice(i * size, size).write_parquet(folder / f"part-{i:03d}.parquet", row_group_size=row_group_size)
+    return folder

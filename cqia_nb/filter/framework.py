@@ -684,6 +684,10 @@ def run_batch(batch: pl.DataFrame, steps: Sequence[tuple[int, str, Filter | Tran
     return b
 
 
+#: What ``decisions`` returns: the records a step drops, with the value and the detail.
+DECISION_SCHEMA: dict[str, pl.DataType] = {"record_id": pl.String, "value": pl.Float64, "detail": pl.String}
+
+
 def decisions(flt: Filter, keys: pl.DataFrame | pl.LazyFrame,
               reread: Callable[[], Iterable[pl.DataFrame]] | None) -> pl.DataFrame:
     """The records ``flt`` drops, decided from the keys of every record (the stream protocol):

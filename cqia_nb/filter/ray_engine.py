@@ -64,6 +64,7 @@ from cqia_nb.filter.dedup import ExactDedup
 from cqia_nb.filter.framework import (
     AUDIT_COLUMNS,
     BATCH_ROWS,
+    DECISION_SCHEMA,
     Decided,
     Filter,
     PipelineConfig,
@@ -87,7 +88,6 @@ STATS = "_stats"
 #: Seconds to wait for the head node's GCS port to accept a connection.
 CONNECT_TIMEOUT_S = 5.0
 INSTALL_HINT = "pip install 'cqia-notebooks[ray]' (or `make setup`)"
-DECISION_SCHEMA: dict[str, pl.DataType] = {"record_id": pl.String, "value": pl.Float64, "detail": pl.String}
 _INTERNAL = (*AUDIT_COLUMNS, STATS)
 
 Step = tuple[int, str, "Filter | Transform"]

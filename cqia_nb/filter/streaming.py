@@ -47,6 +47,7 @@ from cqia_nb.core.atomic import staged_files, write_text
 from cqia_nb.core.hashing import content_key
 from cqia_nb.filter.framework import (
     AUDIT_COLUMNS,
+    DECISION_SCHEMA,
     Decided,
     Filter,
     PipelineConfig,
@@ -313,7 +314,7 @@ def _run_stage(current: Source, built: list[tuple[str, Filter | Transform]], seg
             dropped = decisions(flt, pl.scan_parquet(keys.path),  # type: ignore[arg-type]
                                 lambda: _stage_batches(current, cols, batch_rows, batch_bytes))
         else:
-            dropped = pl.DataFrame(schema={"record_id": pl.String, "value": pl.Float64, "detail": pl.String})
+            dropped = pl.DataFrame(schema=DECISION_SCHEMA)
         outs[seg[0]].seconds += time.perf_counter() - t0
         steps = [(seg[0] + 1, steps[0][1], Decided(flt, dropped))]  # type: ignore[arg-type]
     if not streamable(flt):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from pathlib import Path
 
 import polars as pl
@@ -15,32 +14,17 @@ import pytest
 
 import cqia_nb.filter as F
 from cqia_nb import cli
-from cqia_nb.data.load import LoadConfig, load
 from cqia_nb.filter.framework import AUDIT_COLUMNS, PipelineConfig, PipelineResult, StepConfig
 from cqia_nb.filter.outputs import write_outputs
 from cqia_nb.filter.ray_engine import RayEngineError, ray_connection, run_ray
 from cqia_nb.filter.streaming import open_source
 
-from conftest import assert_frames_identical
+from conftest import assert_frames_identical, load_frame, parquet_shards
 import ray_filters
 from ray_filters import EveryNth, KillOnce
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = ROOT / "recipes" / "filter-default.yaml"
-
-
-def _load(source: str) -> pl.DataFrame:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load(LoadConfig(source=source)).frame
-
-
-def _shards(frame: pl.DataFrame, folder: Path, n: int) -> Path:
-    folder.mkdir()
-    size = -(-frame.height // n)
-    for i in range(n):
-        frame.slice(i * size, size).write_parquet(folder / f"part-{i:03d}.parquet")
-    return folder
 
 
 def assert_same_result(local: PipelineResult, ray: PipelineResult) -> None:
@@ -82,7 +66,7 @@ def test_filters():
 
 
 def test_cli_bundled_ray_equals_local(ray_cluster, tmp_path, capsys):
-    frame = _load("bundled")
+    frame = load_frame("bundled")
     recipe = PipelineConfig.from_yaml(DEFAULT_RECIPE)
     local = F.run_pipeline(frame, recipe)
     write_outputs(local, tmp_path / "local")
@@ -102,14 +86,14 @@ def test_cli_bundled_ray_equals_local(ray_cluster, tmp_path, capsys):
 def test_worker_killed_mid_job(ray_cluster, tmp_path, test_filters):
     """SIGKILL of the worker running one map task (its first attempt only): Ray runs the task again
     and the outputs are those of the local run, no record lost or counted twice."""
-    frame = _load("bundled")
+    frame = load_frame("bundled")
     marker = tmp_path / "killed"
     recipe = PipelineConfig.from_yaml(DEFAULT_RECIPE)
     recipe.steps.insert(1, StepConfig("test_ray_kill_once", {"record_id": frame["record_id"][frame.height // 2],
                                                              "marker": str(marker), "spare_pid": os.getpid()}))
     local = F.run_pipeline(frame, recipe)  # the kill spares this process
     assert not marker.exists()
-    source = open_source(_shards(frame, tmp_path / "shards", 3))  # Ray reads the parquet shards itself
+    source = open_source(parquet_shards(frame, tmp_path / "shards", 3))  # Ray reads the parquet shards itself
     res = run_ray(source, recipe, address=ray_cluster.address)
     killed = int(marker.read_text())
     assert killed != os.getpid() and killed not in ray_cluster.processes()  # a worker of the cluster, dead
@@ -118,7 +102,7 @@ def test_worker_killed_mid_job(ray_cluster, tmp_path, test_filters):
 
 
 def test_step_without_stream_protocol_runs_on_driver(ray_cluster, test_filters):
-    frame = _load("bundled")
+    frame = load_frame("bundled")
     recipe = PipelineConfig.from_dict({"name": "mixed", "steps": [
         {"filter": "traditional", "convert": True}, {"filter": "url"}, {"filter": "test_ray_every_nth", "n": 7},
         {"filter": "exact_dedup"}]})
@@ -130,10 +114,10 @@ def test_step_without_stream_protocol_runs_on_driver(ray_cluster, test_filters):
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_real_data_ray_equals_local(ray_cluster, real_data, tmp_path):
-    frame = _load(str(real_data))
+    frame = load_frame(str(real_data))
     recipe = PipelineConfig.from_yaml(DEFAULT_RECIPE)
     local = F.run_pipeline(frame, recipe)
-    res = run_ray(open_source(_shards(frame, tmp_path / "shards", 4)), recipe, address=ray_cluster.address)
+    res = run_ray(open_source(parquet_shards(frame, tmp_path / "shards", 4)), recipe, address=ray_cluster.address)
     assert_same_result(local, res.result)
     assert res.result.dropped.height > 250  # the real copy has exact and near duplicates
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,22 +15,15 @@ import pytest
 
 import cqia_nb.filter as F
 from cqia_nb import cli
-from cqia_nb.data.load import LoadConfig, load
 from cqia_nb.filter import streaming
 from cqia_nb.filter.framework import Filter, register
 from cqia_nb.filter.outputs import write_outputs
 from cqia_nb.filter.streaming import Source, open_source, run_streaming
 
-from conftest import assert_frames_identical, sigkill_when
+from conftest import assert_frames_identical, load_frame, parquet_shards, sigkill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = ROOT / "recipes" / "filter-default.yaml"
-
-
-def _load(source: str) -> pl.DataFrame:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return load(LoadConfig(source=source)).frame
 
 
 def assert_same_outputs(a: Path, b: Path) -> None:
@@ -44,15 +36,6 @@ def assert_same_outputs(a: Path, b: Path) -> None:
     assert (a / "pipeline.json").read_text() == (b / "pipeline.json").read_text()
 
 
-def _shards(frame: pl.DataFrame, folder: Path, n: int) -> Path:
-    """``frame`` as ``n`` parquet shards (small row groups, so a shard is several batches)."""
-    folder.mkdir()
-    size = -(-frame.height // n)
-    for i in range(n):
-        frame.slice(i * size, size).write_parquet(folder / f"part-{i:03d}.parquet", row_group_size=97)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def recipe() -> F.PipelineConfig:
     return F.PipelineConfig.from_yaml(DEFAULT_RECIPE)
@@ -60,7 +43,7 @@ def recipe() -> F.PipelineConfig:
 
 @pytest.mark.parametrize("batch_rows", [50, None])
 def test_bundled_streaming_equals_in_memory(tmp_path, recipe, batch_rows):
-    frame = _load("bundled")
+    frame = load_frame("bundled")
     write_outputs(F.run_pipeline(frame, recipe), tmp_path / "mem")
     res = run_streaming(Source(frame=frame), recipe, tmp_path / "stream", batch_rows=batch_rows)
     assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
@@ -73,9 +56,9 @@ def test_bundled_streaming_equals_in_memory(tmp_path, recipe, batch_rows):
 
 @pytest.mark.slow  # test_killed_cli_run_resumes checks the real data through the CLI in the default suite
 def test_real_data_from_parquet_shards(tmp_path, recipe, real_data):
-    frame = _load(str(real_data))
+    frame = load_frame(str(real_data))
     write_outputs(F.run_pipeline(frame, recipe), tmp_path / "mem")
-    src = open_source(_shards(frame, tmp_path / "shards", 3))
+    src = open_source(parquet_shards(frame, tmp_path / "shards", 3, row_group_size=97))
     assert len(src.files) == 3
     res = run_streaming(src, recipe, tmp_path / "stream", batch_rows=1000, spill_dir=tmp_path)
     assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
@@ -103,7 +86,7 @@ class _AboveMedianLength(Filter):
 
 
 def test_step_without_protocol_reads_its_records_and_says_so(tmp_path):
-    frame = _load("bundled")
+    frame = load_frame("bundled")
     config = F.PipelineConfig.from_dict({"steps": [{"filter": "url"}, {"filter": "test_above_median_length"},
                                                    {"filter": "exact_dedup"}]})
     write_outputs(F.run_pipeline(frame, config), tmp_path / "mem")
@@ -114,8 +97,8 @@ def test_step_without_protocol_reads_its_records_and_says_so(tmp_path):
 
 
 def test_cli_streams_parquet_shards_when_asked_or_large(tmp_path, monkeypatch, capsys):
-    frame = _load("bundled")
-    shards = _shards(frame, tmp_path / "shards", 2)
+    frame = load_frame("bundled")
+    shards = parquet_shards(frame, tmp_path / "shards", 2, row_group_size=97)
     args = ["filter", "--config", str(DEFAULT_RECIPE), "--set", f"input={shards}"]
     assert cli.main([*args, "--set", f"out_dir={tmp_path / 'mem'}"]) == 0
     assert "streaming:" not in capsys.readouterr().out
@@ -131,14 +114,14 @@ def test_cli_streams_parquet_shards_when_asked_or_large(tmp_path, monkeypatch, c
 
 
 def test_streaming_needs_record_ids_for_dedup(tmp_path, recipe):
-    frame = _load("bundled").drop("record_id")
+    frame = load_frame("bundled").drop("record_id")
     with pytest.raises(ValueError, match="record_id"):
         run_streaming(Source(frame=frame), recipe, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_parquet_source_reads_row_groups_and_drops_audit_columns(tmp_path):
-    frame = _load("bundled").head(300)
+    frame = load_frame("bundled").head(300)
     frame.with_columns(pl.lit(1).alias("step")).write_parquet(tmp_path / "x.parquet", row_group_size=100)
     src = open_source(tmp_path / "x.parquet")
     parts = list(src.batches(rows=64))
@@ -149,7 +132,7 @@ def test_parquet_source_reads_row_groups_and_drops_audit_columns(tmp_path):
 
 
 def test_a_stopped_run_resumes_after_its_finished_stages(tmp_path, recipe, monkeypatch):
-    frame = _load("bundled")
+    frame = load_frame("bundled")
     write_outputs(F.run_pipeline(frame, recipe), tmp_path / "mem")
     near = type(dict(recipe.build())["near_dedup"])
 
@@ -178,7 +161,7 @@ def test_a_stopped_run_resumes_after_its_finished_stages(tmp_path, recipe, monke
 
 @pytest.mark.realdata
 def test_killed_cli_run_resumes(tmp_path, real_data):
-    shards = _shards(_load(str(real_data)), tmp_path / "shards", 2)
+    shards = parquet_shards(load_frame(str(real_data)), tmp_path / "shards", 2, row_group_size=97)
     cmd = [sys.executable, "-m", "cqia_nb.cli", "filter", "--config", str(DEFAULT_RECIPE), "--set", f"input={shards}",
            "--set", f"out_dir={tmp_path / 'out'}", "--streaming"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
