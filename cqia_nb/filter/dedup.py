@@ -399,7 +399,7 @@ def _stream_base(keys: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, pl.Da
                       pl.col("record_id").alias("_first")))
     return (base.join(firsts.drop("_first"), on="_h", how="left")
             .with_columns(pl.col("_tid").fill_null(-1), pl.lit(None, dtype=pl.String).alias("text_hash"))
-            .drop("_h").sort("_row")), firsts.drop("_h")
+            .drop("_h").sort("_row")), firsts
 
 
 def _decided(clusters: pl.DataFrame) -> pl.DataFrame:
@@ -417,6 +417,25 @@ def _candidate_texts(keys: pl.DataFrame | pl.LazyFrame, trow: np.ndarray, bands:
         codes.append(candidate_pairs(col[:, None], 1, 1))
     pairs = np.concatenate(codes) if codes else np.empty((0, 2), np.int64)
     return np.unique(pairs, axis=0) if len(pairs) else pairs.reshape(0, 2)
+
+
+def band_rows(keys: pl.DataFrame, bands: int) -> pl.DataFrame:
+    """Near dedup's keys as bucket rows: (``_band``, ``_bh`` its hash, ``_h`` the text digest), one per
+    band of each distinct text (for a cluster engine's group-by on the bucket; ``bucket_pairs``)."""
+    k = keys.filter(pl.col("_h").is_not_null()).unique("_h", keep="first", maintain_order=True)
+    return pl.concat([k.select(pl.lit(b, dtype=pl.Int32).alias("_band"), pl.col(f"_b{b}").alias("_bh"), "_h")
+                      for b in range(bands)], how="vertical")
+
+
+def bucket_pairs(bucket: pl.DataFrame) -> pl.DataFrame:
+    """Every pair of distinct texts (``_ha`` < ``_hb``, digests) in one LSH bucket: the candidates
+    ``candidate_pairs`` finds, from a group of ``band_rows`` with one (band, hash)."""
+    h = bucket["_h"].unique().sort()
+    n = h.len()
+    if n < 2:
+        return pl.DataFrame(schema={"_ha": pl.Binary, "_hb": pl.Binary})
+    i, j = np.triu_indices(n, k=1)
+    return pl.DataFrame({"_ha": h.gather(i), "_hb": h.gather(j)})
 
 
 def _reread_texts(reread: Any, record_ids: pl.Series, fields: tuple[str, ...], normalize: bool) -> list[str]:
@@ -550,11 +569,21 @@ class NearDedup(_DedupFilter, MinHashConfig):
         full[nonempty] = bh[inv.ravel()]
         return keys.with_columns([pl.Series(f"_b{k}", full[:, k], dtype=pl.UInt64) for k in range(bands)])
 
-    def stream_decide(self, keys: pl.DataFrame | pl.LazyFrame, reread: Any = None) -> pl.DataFrame:
+    def stream_decide(self, keys: pl.DataFrame | pl.LazyFrame, reread: Any = None,
+                      candidates: pl.DataFrame | None = None) -> pl.DataFrame:
         """Candidates from the band hashes, then (reading only the candidates' texts again) the
-        verification, answer check, components and survivors of ``near_duplicates``."""
+        verification, answer check, components and survivors of ``near_duplicates``.
+        ``candidates`` (``_ha``, ``_hb`` digests: ``bucket_pairs`` of every bucket, as a cluster
+        engine's group-by finds them) replaces the bucketing here; the keys then need no band columns."""
         base, firsts = _stream_base(keys)
-        pairs = _candidate_texts(keys, firsts["_trow"].to_numpy(), self.lsh_params[0])
+        if candidates is None:
+            pairs = _candidate_texts(keys, firsts["_trow"].to_numpy(), self.lsh_params[0])
+        else:
+            tid = firsts.select("_h", "_tid")
+            ab = (candidates.join(tid.rename({"_h": "_ha", "_tid": "a"}), on="_ha")
+                  .join(tid.rename({"_h": "_hb", "_tid": "b"}), on="_hb"))
+            lo, hi = np.minimum(ab["a"].to_numpy(), ab["b"].to_numpy()), np.maximum(ab["a"].to_numpy(), ab["b"].to_numpy())
+            pairs = np.unique(np.stack([lo, hi], axis=1).astype(np.int64), axis=0).reshape(-1, 2)
         cand = np.unique(pairs)
         texts = _reread_texts(reread, firsts["_first"].gather(cand), self.fields, self.normalize) if cand.size else []
         li, lj = np.searchsorted(cand, pairs[:, 0]), np.searchsorted(cand, pairs[:, 1])

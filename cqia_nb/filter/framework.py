@@ -689,11 +689,12 @@ DECISION_SCHEMA: dict[str, pl.DataType] = {"record_id": pl.String, "value": pl.F
 
 
 def decisions(flt: Filter, keys: pl.DataFrame | pl.LazyFrame,
-              reread: Callable[[], Iterable[pl.DataFrame]] | None) -> pl.DataFrame:
+              reread: Callable[[], Iterable[pl.DataFrame]] | None, **hints: Any) -> pl.DataFrame:
     """The records ``flt`` drops, decided from the keys of every record (the stream protocol):
     ``record_id``, ``value``, ``detail`` (null where the filter gives its details per record:
-    ``Decided`` asks for them when it sees the record's text). Small: dropped records only."""
-    d = flt.stream_decide(keys, reread)
+    ``Decided`` asks for them when it sees the record's text). Small: dropped records only.
+    ``hints``: what an engine computed for the step beforehand (near dedup's ``candidates``)."""
+    d = flt.stream_decide(keys, reread, **hints)
     values = d["value"].cast(pl.Float64)
     keep = flt.keep(values).fill_null(True).cast(pl.Boolean)
     detail = (d["detail"].cast(pl.String) if "detail" in d.columns and not flt.details_per_record

@@ -24,10 +24,13 @@ How the recipe runs (the stages are ``framework.segments``, as in the other engi
   * ``exact_dedup`` on the cluster: its decisions are local to a group of identical texts, so the
     keys are shuffled by their text digest (``groupby("_h").map_groups``) and each group decides
     alone; records with an empty text are never duplicates and skip the shuffle;
-  * ``near_dedup``, ``short_answer``, ``placeholder_answer`` on the driver, from the keys of all
-    records collected in input order (20-100 bytes a record): the protocol has no separate stage
-    for near dedup's band bucketing, so its candidates are found there too, and ``reread`` streams
-    the live records' text columns back from the object store for the texts of the candidates;
+  * ``near_dedup`` in stages, as datatrove does: the band hashes become (band, hash, text digest)
+    rows (``dedup.band_rows``), grouped by (band, hash) on the cluster, each bucket giving its
+    candidate pairs (``dedup.bucket_pairs``); the driver gets the pairs and the keys without their
+    bands, and ``reread`` streams the candidates' texts back from the object store for the
+    verification, answer check, components and survivors (``NearDedup.stream_decide``);
+  * ``short_answer``, ``placeholder_answer`` on the driver, from the keys of all records collected
+    in input order (~20 bytes a record: the group statistics need every record);
 
   and the small table of the records it drops is shipped with a ``map_batches`` that applies it
   (``framework.Decided``, looked up by record_id).
@@ -60,7 +63,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import polars as pl
 import pyarrow as pa
 
-from cqia_nb.filter.dedup import ExactDedup
+from cqia_nb.filter.dedup import ExactDedup, NearDedup, band_rows, bucket_pairs
 from cqia_nb.filter.framework import (
     AUDIT_COLUMNS,
     BATCH_ROWS,
@@ -235,6 +238,25 @@ class _Keys:
         return _arrow(keys.filter(pl.col("_h").is_not_null()) if self.hashed_only else keys)
 
 
+class _BandRows:
+    """``map_batches`` function: near dedup's keys as bucket rows (``dedup.band_rows``)."""
+
+    def __init__(self, bands: int):
+        self.bands = bands
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        keys = pl.from_arrow(table)
+        assert isinstance(keys, pl.DataFrame)
+        return _arrow(band_rows(keys, self.bands))
+
+
+def _bucket_candidates(group: pa.Table) -> pa.Table:
+    """``map_groups`` function: the candidate pairs of one LSH bucket (``dedup.bucket_pairs``)."""
+    rows = pl.from_arrow(group)
+    assert isinstance(rows, pl.DataFrame)
+    return _arrow(bucket_pairs(rows))
+
+
 def _group_decisions(group: pa.Table, flt: Filter) -> pa.Table:
     """``map_groups`` function: the records one group of identical texts drops (exact dedup)."""
     if group.num_rows < 2:  # a text without a copy: nothing to drop
@@ -304,15 +326,29 @@ def _harvest(ds: Any, seg: Sequence[int], outs: list[StepOutput]) -> None:
 
 def _decide(ds: Any, flt: Filter, batch_rows: int | None, batch_bytes: int | None) -> pl.DataFrame:
     """The records a step that needs every record drops (record_id, value, detail), by the stream
-    protocol: exact dedup shuffled by text digest on the cluster, the others on the driver."""
+    protocol: exact dedup shuffled by text digest on the cluster; near dedup's LSH buckets grouped
+    on the cluster (band hashes -> group by (band, hash) -> candidate pairs), its verification and
+    components on the driver; the grouped answer rules on the driver."""
     if isinstance(flt, ExactDedup):
         keys = _map(ds, _Keys(flt, batch_rows, batch_bytes, hashed_only=True))
         groups = keys.groupby("_h").map_groups(_group_decisions, batch_format="pyarrow", fn_kwargs={"flt": flt})
         return _collect(groups, DECISION_SCHEMA)
+    text = _map(ds, _LiveColumns(["record_id", *flt.required_columns()]))
+    if isinstance(flt, NearDedup):
+        # band hashes -> group by (band, hash) on the cluster -> candidate pairs; the driver gets
+        # the pairs and the keys without their bands, verifies and joins the components
+        bands = flt.lsh_params[0]
+        keys = _map(ds, _Keys(flt, batch_rows, batch_bytes)).materialize()
+        buckets = _map(keys, _BandRows(bands)).groupby(["_band", "_bh"]).map_groups(
+            _bucket_candidates, batch_format="pyarrow")
+        candidates = _collect(buckets, {"_ha": pl.Binary, "_hb": pl.Binary})
+        keys_df = _collect(keys.drop_columns([f"_b{b}" for b in range(bands)]))
+        if keys_df.height == 0:
+            return pl.DataFrame(schema=DECISION_SCHEMA)
+        return decisions(flt, keys_df, lambda: _frames(text), candidates=candidates)
     keys_df = _collect(_map(ds, _Keys(flt, batch_rows, batch_bytes)))
     if keys_df.height == 0:
         return pl.DataFrame(schema=DECISION_SCHEMA)
-    text = _map(ds, _LiveColumns(["record_id", *flt.required_columns()]))
     return decisions(flt, keys_df, lambda: _frames(text))
 
 

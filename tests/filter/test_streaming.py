@@ -173,3 +173,25 @@ def test_killed_cli_run_resumes(tmp_path, real_data):
     assert cli.main(["filter", "--config", str(DEFAULT_RECIPE), "--set", f"input={shards}",
                      "--set", f"out_dir={tmp_path / 'mem'}", "--no-streaming"]) == 0
     assert_same_outputs(tmp_path / "mem", tmp_path / "out")
+
+
+def test_near_dedup_buckets_grouped_elsewhere_decide_the_same(recipe):
+    """A cluster engine groups the LSH buckets itself (``band_rows`` -> group by -> ``bucket_pairs``)
+    and hands the candidate pairs to ``stream_decide``: the same records are dropped."""
+    from cqia_nb.filter.dedup import band_rows, bucket_pairs
+    from cqia_nb.filter.framework import decisions
+
+    frame = load_frame("bundled")
+    flt = dict(recipe.build())["near_dedup"]
+    bands = flt.lsh_params[0]
+    keys = pl.concat([flt.stream_keys(frame.slice(o, 100)) for o in range(0, frame.height, 100)])
+    buckets = band_rows(keys, bands).group_by(["_band", "_bh"])
+    candidates = pl.concat([bucket_pairs(g) for _, g in buckets])
+    assert candidates.height > 0
+    batches = lambda: (frame.slice(o, 100) for o in range(0, frame.height, 100))  # noqa: E731
+    alone = decisions(flt, keys, batches)
+    assert alone.height > 0
+    assert decisions(flt, keys.drop([f"_b{b}" for b in range(bands)]), batches, candidates=candidates).equals(alone)
+    # without the buckets' pairs nothing is a near duplicate: the candidates are what decides
+    none = candidates.clear()
+    assert decisions(flt, keys, batches, candidates=none).height < alone.height
