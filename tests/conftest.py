@@ -274,3 +274,14 @@ def parquet_shards(frame: pl.DataFrame, folder: Path, n: int, row_group_size: in
     for i in range(n):
         frame.slice(i * size, size).write_parquet(folder / f"part-{i:03d}.parquet", row_group_size=row_group_size)
     return folder
+
+
+def assert_same_output_files(a: Path, b: Path) -> None:
+    """Two `cqia-nb filter` output folders hold the same records, reasons and counts (steps.csv: but
+    the seconds)."""
+    for name in ("kept", "dropped"):
+        assert_frames_identical(pl.read_parquet(a / f"{name}.parquet"), pl.read_parquet(b / f"{name}.parquet"), name)
+        assert (a / f"{name}.jsonl").read_bytes() == (b / f"{name}.jsonl").read_bytes(), f"{name}.jsonl differs"
+    assert_frames_identical(pl.read_csv(a / "steps.csv").drop("seconds"), pl.read_csv(b / "steps.csv").drop("seconds"),
+                            "steps.csv")
+    assert (a / "pipeline.json").read_text() == (b / "pipeline.json").read_text()

@@ -19,7 +19,7 @@ from cqia_nb.filter.outputs import write_outputs
 from cqia_nb.filter.ray_engine import RayEngineError, ray_connection, run_ray
 from cqia_nb.filter.streaming import open_source
 
-from conftest import assert_frames_identical, load_frame, parquet_shards
+from conftest import assert_frames_identical, assert_same_output_files, load_frame, parquet_shards
 import ray_filters
 from ray_filters import EveryNth, KillOnce
 
@@ -36,16 +36,6 @@ def assert_same_result(local: PipelineResult, ray: PipelineResult) -> None:
     assert_frames_identical(ray.steps.drop("seconds"), local.steps.drop("seconds"), "steps")
     assert_frames_identical(ray.kept, local.kept, "kept")
     assert_frames_identical(ray.dropped, local.dropped, "dropped")  # also the order: by step, then input order
-
-
-def assert_same_files(a: Path, b: Path) -> None:
-    """Two output folders hold the same files (steps.csv: but the seconds)."""
-    for name in ("kept", "dropped"):
-        assert_frames_identical(pl.read_parquet(a / f"{name}.parquet"), pl.read_parquet(b / f"{name}.parquet"), name)
-        assert (a / f"{name}.jsonl").read_bytes() == (b / f"{name}.jsonl").read_bytes(), f"{name}.jsonl differs"
-    assert_frames_identical(pl.read_csv(a / "steps.csv").drop("seconds"), pl.read_csv(b / "steps.csv").drop("seconds"),
-                            "steps.csv")
-    assert (a / "pipeline.json").read_text() == (b / "pipeline.json").read_text()
 
 
 @pytest.fixture
@@ -75,7 +65,7 @@ def test_cli_bundled_ray_equals_local(ray_cluster, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "ray: 2 node(s)" in out and out.strip().splitlines()[-1] == local.summary()
-    assert_same_files(tmp_path / "local", tmp_path / "ray")
+    assert_same_output_files(tmp_path / "local", tmp_path / "ray")
     ray = PipelineResult(pl.read_parquet(tmp_path / "ray" / "kept.parquet"),
                          pl.read_parquet(tmp_path / "ray" / "dropped.parquet"),
                          pl.read_csv(tmp_path / "ray" / "steps.csv", schema=F.STEPS_SCHEMA))

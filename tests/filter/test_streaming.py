@@ -20,20 +20,10 @@ from cqia_nb.filter.framework import Filter, register
 from cqia_nb.filter.outputs import write_outputs
 from cqia_nb.filter.streaming import Source, open_source, run_streaming
 
-from conftest import assert_frames_identical, load_frame, parquet_shards, sigkill_when
+from conftest import assert_frames_identical, assert_same_output_files, load_frame, parquet_shards, sigkill_when
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPE = ROOT / "recipes" / "filter-default.yaml"
-
-
-def assert_same_outputs(a: Path, b: Path) -> None:
-    """Two output folders hold the same records, reasons and counts (the seconds may differ)."""
-    for name in ("kept", "dropped"):
-        assert_frames_identical(pl.read_parquet(a / f"{name}.parquet"), pl.read_parquet(b / f"{name}.parquet"), name)
-        assert (a / f"{name}.jsonl").read_bytes() == (b / f"{name}.jsonl").read_bytes(), f"{name}.jsonl differs"
-    assert_frames_identical(pl.read_csv(a / "steps.csv").drop("seconds"), pl.read_csv(b / "steps.csv").drop("seconds"),
-                            "steps.csv")
-    assert (a / "pipeline.json").read_text() == (b / "pipeline.json").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +36,7 @@ def test_bundled_streaming_equals_in_memory(tmp_path, recipe, batch_rows):
     frame = load_frame("bundled")
     write_outputs(F.run_pipeline(frame, recipe), tmp_path / "mem")
     res = run_streaming(Source(frame=frame), recipe, tmp_path / "stream", batch_rows=batch_rows)
-    assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
+    assert_same_output_files(tmp_path / "mem", tmp_path / "stream")
     assert res.n_in == frame.height and res.n_kept + res.n_dropped == frame.height
     assert res.n_dropped > 0 and res.in_memory_steps == []
     # the keys are what grows with the input: every step that sees all records reports its size
@@ -61,7 +51,7 @@ def test_real_data_from_parquet_shards(tmp_path, recipe, real_data):
     src = open_source(parquet_shards(frame, tmp_path / "shards", 3, row_group_size=97))
     assert len(src.files) == 3
     res = run_streaming(src, recipe, tmp_path / "stream", batch_rows=1000, spill_dir=tmp_path)
-    assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
+    assert_same_output_files(tmp_path / "mem", tmp_path / "stream")
     assert res.n_dropped > 250  # the real copy has exact and near duplicates
     assert res.index_bytes["near_dedup"] < 200  # bytes a record on disk, see README
 
@@ -91,7 +81,7 @@ def test_step_without_protocol_reads_its_records_and_says_so(tmp_path):
                                                    {"filter": "exact_dedup"}]})
     write_outputs(F.run_pipeline(frame, config), tmp_path / "mem")
     res = run_streaming(Source(frame=frame), config, tmp_path / "stream", batch_rows=64)
-    assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
+    assert_same_output_files(tmp_path / "mem", tmp_path / "stream")
     assert res.in_memory_steps == ["test_above_median_length"]
     assert res.steps["dropped"][1] > 0
 
@@ -110,7 +100,7 @@ def test_cli_streams_parquet_shards_when_asked_or_large(tmp_path, monkeypatch, c
     assert cli.main([*args, "--set", f"out_dir={tmp_path / 'off'}", "--no-streaming"]) == 0
     assert "streaming:" not in capsys.readouterr().out
     for d in ("flag", "auto", "off"):
-        assert_same_outputs(tmp_path / "mem", tmp_path / d)
+        assert_same_output_files(tmp_path / "mem", tmp_path / d)
 
 
 def test_streaming_needs_record_ids_for_dedup(tmp_path, recipe):
@@ -152,7 +142,7 @@ def test_a_stopped_run_resumes_after_its_finished_stages(tmp_path, recipe, monke
     monkeypatch.setattr(url, "measure", lambda self, f: calls.append(1) or real_measure(self, f))
     res = run_streaming(Source(frame=frame), recipe, tmp_path / "stream", batch_rows=100)
     assert res.resumed == len(F.framework.segments(recipe.build())) - 1 and calls == []  # stage 0 not run again
-    assert_same_outputs(tmp_path / "mem", tmp_path / "stream")
+    assert_same_output_files(tmp_path / "mem", tmp_path / "stream")
     assert not any(p.name.startswith(".cqia-spill.") for p in (tmp_path / "stream").iterdir())
     # another recipe on the same input does not take the first one's stages
     other = F.PipelineConfig.from_dict({"steps": [{"filter": "url"}, {"filter": "exact_dedup"}]})
@@ -172,7 +162,7 @@ def test_killed_cli_run_resumes(tmp_path, real_data):
     assert "resumed after the" in done.stdout
     assert cli.main(["filter", "--config", str(DEFAULT_RECIPE), "--set", f"input={shards}",
                      "--set", f"out_dir={tmp_path / 'mem'}", "--no-streaming"]) == 0
-    assert_same_outputs(tmp_path / "mem", tmp_path / "out")
+    assert_same_output_files(tmp_path / "mem", tmp_path / "out")
 
 
 def test_near_dedup_buckets_grouped_elsewhere_decide_the_same(recipe):
