@@ -149,9 +149,8 @@ def cmd_filter(args: argparse.Namespace) -> int:
               f"(run `cqia-nb validate {run.input}`)")
     streaming = run.streaming if run.streaming is not None else source.nbytes > STREAM_ABOVE_BYTES
     if run.engine == "ray":
-        ray_run = run_ray(source, config, address=run.address)
-        result = ray_run.result
-        paths = write_outputs(result, run.out_dir)
+        result = ray_run = run_ray(source, config, address=run.address, out_dir=run.out_dir)
+        paths = ray_run.paths
         print(f"ray: {ray_run.nodes} node(s), {ray_run.seconds:.1f} s ({ray_run.timings.get('connect', 0):.1f} s to "
               f"{'connect' if run.address else 'start a local instance'})")
         for step in ray_run.in_driver_steps:

@@ -58,11 +58,13 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import polars as pl
 import pyarrow as pa
 
+from cqia_nb.core.atomic import staged_files
 from cqia_nb.filter.dedup import ExactDedup, NearDedup, band_rows, bucket_pairs
 from cqia_nb.filter.framework import (
     AUDIT_COLUMNS,
@@ -82,7 +84,8 @@ from cqia_nb.filter.framework import (
     segments,
     steps_table,
 )
-from cqia_nb.filter.streaming import Source, streamable
+from cqia_nb.filter.outputs import OUTPUT_FILES
+from cqia_nb.filter.streaming import Source, _Sink, finish_outputs, streamable
 
 #: Tries after the first for a map task whose worker died (Ray Data's default: no limit).
 MAX_TASK_RETRIES = 3
@@ -162,13 +165,23 @@ def _check_reachable(address: str) -> None:
 class RayResult:
     """What ``run_ray`` did: the result (as ``run_pipeline``'s) and how it ran."""
 
-    result: PipelineResult
+    #: the in-memory result (``out_dir`` not given), else None: the outputs were written there
+    result: PipelineResult | None
     #: steps without the stream protocol: the records reaching them were collected on the driver
     in_driver_steps: list[str] = field(default_factory=list)
     nodes: int = 0
     seconds: float = 0.0
     #: wall seconds on the driver: "connect", then each stage by its first step's name, then "collect"
     timings: dict[str, float] = field(default_factory=dict)
+    #: the steps table and the counts (either way)
+    steps: pl.DataFrame | None = None
+    n_in: int = 0
+    n_kept: int = 0
+    n_dropped: int = 0
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return f"{self.n_in} in, {self.n_kept} kept, {self.n_dropped} dropped"
 
 
 def _arrow(frame: pl.DataFrame) -> pa.Table:
@@ -423,9 +436,12 @@ def _run_stages(ray: Any, ds: Any, built: list[tuple[str, Filter | Transform]], 
 
 
 def run_ray(source: Source | pl.DataFrame, config: PipelineConfig, *, address: str | None = None,
-            num_cpus: int | None = None, batch_rows: int | None = None, batch_bytes: int | None = None) -> RayResult:
+            num_cpus: int | None = None, batch_rows: int | None = None, batch_bytes: int | None = None,
+            out_dir: str | Path | None = None) -> RayResult:
     """Run ``config`` over ``source`` (a frame, or a streaming ``Source``: parquet files or a loaded
-    frame) on Ray (``ray_connection(address, num_cpus)``) and return the in-memory run's result."""
+    frame) on Ray (``ray_connection(address, num_cpus)``) and return the in-memory run's result;
+    with ``out_dir``, write the outputs there instead, a block at a time (``_write_blocks``), so the
+    driver never holds every record."""
     t_start = time.perf_counter()
     src = Source(frame=source) if isinstance(source, pl.DataFrame) else source
     built = config.build()
@@ -443,6 +459,12 @@ def run_ray(source: Source | pl.DataFrame, config: PipelineConfig, *, address: s
                                  "see every record (dedup) need one: load the data with cqia_nb.data.load")
             ds, in_driver = _run_stages(ray, ds, built, outs, batch_rows, batch_bytes, timings)
             t0 = time.perf_counter()
+            if out_dir is not None:
+                table = steps_table(built, outs)
+                n_in, n_kept, n_dropped, paths = _write_blocks(ds, empty, table, config, Path(out_dir))
+                timings["write"] = time.perf_counter() - t0
+                return RayResult(None, in_driver, nodes, time.perf_counter() - t_start, timings, table, n_in, n_kept,
+                                 n_dropped, paths)
             rows = _collect(ds)
             timings["collect"] = time.perf_counter() - t0
         except Exception as e:
@@ -453,7 +475,34 @@ def run_ray(source: Source | pl.DataFrame, config: PipelineConfig, *, address: s
     result = PipelineResult(kept, dropped, steps_table(built, outs), {}, config)
     if not result.reconciles():
         raise RuntimeError(f"the Ray run lost or doubled records: {result.summary()}, steps:\n{result.steps}")
-    return RayResult(result, in_driver, nodes, time.perf_counter() - t_start, timings)
+    return RayResult(result, in_driver, nodes, time.perf_counter() - t_start, timings, result.steps, result.n_in,
+                     result.kept.height, result.dropped.height)
+
+
+def _write_blocks(ds: Any, empty: pl.DataFrame, table: pl.DataFrame, config: PipelineConfig,
+                  out: Path) -> tuple[int, int, int, dict[str, Path]]:
+    """The last stage's blocks, in input order, to the output files (as the streaming engine writes
+    them): live rows to kept.parquet, dropped rows to one file per step, joined in step order."""
+    audit = empty.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
+    with staged_files(out) as tmp:
+        kept = _Sink(tmp / ".kept-rows.parquet", empty)
+        gone: dict[int, _Sink] = {}
+        for f in _frames(ds):
+            if "step" not in f.columns:
+                kept.write(f.select(empty.columns))
+                continue
+            live = f["step"].is_null()
+            kept.write(f.filter(live).select(empty.columns))
+            for (step,), part in f.filter(~live).select(audit.columns).group_by("step", maintain_order=True):
+                gone.setdefault(int(step), _Sink(tmp / f".dropped-{int(step):04d}.parquet", audit)).write(part)
+        kept.close()
+        for sink in gone.values():
+            sink.close()
+        parts = [gone[k].path for k in sorted(gone)]
+        n_in, n_dropped = finish_outputs(tmp, kept.path, parts, audit, table, config)
+        for p in parts:
+            p.unlink()
+    return n_in, n_in - n_dropped, n_dropped, {n: out / n for n in (*OUTPUT_FILES, "pipeline.json")}
 
 
 def _outputs(rows: pl.DataFrame, empty: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -32,7 +32,6 @@ are larger than ``STREAM_ABOVE_BYTES`` (``--set`` nothing: the CLI decides from 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -275,23 +274,38 @@ def run_streaming(source: Source, config: PipelineConfig, out_dir: str | Path, *
                 bar.update(len(seg))
         if bar is not None:
             bar.close()
-        dropped_sink = _Sink(tmp / "dropped.parquet", audit_empty)
-        for k in range(len(built)):
-            if (spill / f"dropped-{k:04d}.parquet").is_file():
-                for b in _raw_batches(spill / f"dropped-{k:04d}.parquet"):
-                    dropped_sink.write(b)
-        dropped_sink.close()
-        write_jsonl(tmp / "kept.jsonl", current.batches())
-        write_jsonl(tmp / "dropped.jsonl", _raw_batches(tmp / "dropped.parquet"), audit=True)
         table = steps_table(built, outs)
-        table.write_csv(tmp / "steps.csv")
-        n_in = int(table["records_in"][0]) if table.height else 0
-        result = StreamResult(table, n_in, target.rows, dropped_sink.rows, {}, index_bytes, in_memory, resumed)
-        write_pipeline_json(tmp / "pipeline.json", config, result.summary())
-        os.replace(target.path, tmp / "kept.parquet")
+        n_in, n_dropped = finish_outputs(tmp, target.path, [spill / f"dropped-{k:04d}.parquet" for k in range(len(built))],
+                                         audit_empty, table, config)
+        result = StreamResult(table, n_in, target.rows, n_dropped, {}, index_bytes, in_memory, resumed)
     shutil.rmtree(spill, ignore_errors=True)
     result.paths = {n: out / n for n in (*OUTPUT_FILES, "pipeline.json")}
     return result
+
+
+def finish_outputs(tmp: Path, kept: Path, dropped_parts: list[Path], audit_empty: pl.DataFrame, table: pl.DataFrame,
+                   config: PipelineConfig) -> tuple[int, int]:
+    """Write what ``write_outputs`` writes into ``tmp`` from parquet files, a batch at a time:
+    ``kept`` (moved in as kept.parquet), ``dropped_parts`` (one a step, in step order; a missing
+    file is a step that dropped nothing) joined into dropped.parquet, both as JSON Lines, the steps
+    ``table`` and pipeline.json. Returns (records in, records dropped); checks in = kept + dropped."""
+    dropped_sink = _Sink(tmp / "dropped.parquet", audit_empty)
+    for part in dropped_parts:
+        if part.is_file():
+            for b in _raw_batches(part):
+                dropped_sink.write(b)
+    dropped_sink.close()
+    n_kept = pl.scan_parquet(kept).select(pl.len()).collect().item()
+    n_in = int(table["records_in"][0]) if table.height else n_kept
+    if n_in != n_kept + dropped_sink.rows or (table.height and int(table["kept"][-1]) != n_kept):
+        raise RuntimeError(f"the run lost or doubled records: {n_in} in, {n_kept} kept, {dropped_sink.rows} dropped")
+    write_jsonl(tmp / "kept.jsonl", Source(files=[kept]).batches())
+    write_jsonl(tmp / "dropped.jsonl", _raw_batches(tmp / "dropped.parquet"), audit=True)
+    table.write_csv(tmp / "steps.csv")
+    write_pipeline_json(tmp / "pipeline.json", config, f"{n_in} in, {n_kept} kept, {dropped_sink.rows} dropped")
+    if kept != tmp / "kept.parquet":
+        shutil.move(kept, tmp / "kept.parquet")  # the spill folder may be on another disk
+    return n_in, dropped_sink.rows
 
 
 def _run_stage(current: Source, built: list[tuple[str, Filter | Transform]], seg: list[int], keys_path: Path,
