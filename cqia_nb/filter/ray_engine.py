@@ -85,7 +85,7 @@ from cqia_nb.filter.framework import (
     steps_table,
 )
 from cqia_nb.filter.outputs import OUTPUT_FILES
-from cqia_nb.filter.streaming import Source, _Sink, finish_outputs, streamable
+from cqia_nb.filter.streaming import Source, ParquetSink, finish_outputs, streamable
 
 #: Tries after the first for a map task whose worker died (Ray Data's default: no limit).
 MAX_TASK_RETRIES = 3
@@ -485,8 +485,8 @@ def _write_blocks(ds: Any, empty: pl.DataFrame, table: pl.DataFrame, config: Pip
     them): live rows to kept.parquet, dropped rows to one file per step, joined in step order."""
     audit = empty.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
     with staged_files(out) as tmp:
-        kept = _Sink(tmp / ".kept-rows.parquet", empty)
-        gone: dict[int, _Sink] = {}
+        kept = ParquetSink(tmp / ".kept-rows.parquet", empty)
+        gone: dict[int, ParquetSink] = {}
         for f in _frames(ds):
             if "step" not in f.columns:
                 kept.write(f.select(empty.columns))
@@ -494,7 +494,7 @@ def _write_blocks(ds: Any, empty: pl.DataFrame, table: pl.DataFrame, config: Pip
             live = f["step"].is_null()
             kept.write(f.filter(live).select(empty.columns))
             for (step,), part in f.filter(~live).select(audit.columns).group_by("step", maintain_order=True):
-                gone.setdefault(int(step), _Sink(tmp / f".dropped-{int(step):04d}.parquet", audit)).write(part)
+                gone.setdefault(int(step), ParquetSink(tmp / f".dropped-{int(step):04d}.parquet", audit)).write(part)
         kept.close()
         for sink in gone.values():
             sink.close()

@@ -163,7 +163,7 @@ def streamable(flt: Filter | Transform) -> bool:
     return flt.per_record or (isinstance(flt, Filter) and type(flt).stream_keys is not Filter.stream_keys)
 
 
-class _Sink:
+class ParquetSink:
     """Frames appended to one parquet file, row group by row group, under one fixed schema (that of
     ``empty``, else of the first frame written)."""
 
@@ -250,7 +250,7 @@ def run_streaming(source: Source, config: PipelineConfig, out_dir: str | Path, *
         current = source
         segs = segments(built)
         for si, seg in enumerate(segs):
-            done, target = spill / f"stage-{si:04d}.json", _Sink(spill / f"stage-{si:04d}.parquet", empty)
+            done, target = spill / f"stage-{si:04d}.json", ParquetSink(spill / f"stage-{si:04d}.parquet", empty)
             if done.is_file() and target.path.is_file():  # finished by an earlier run that stopped later
                 rec = json.loads(done.read_text(encoding="utf-8"))
                 for k, (n_in, kept, changed, sec) in rec["outs"].items():
@@ -261,7 +261,7 @@ def run_streaming(source: Source, config: PipelineConfig, out_dir: str | Path, *
                 target.rows = rec["rows"]
                 resumed += 1
             else:
-                gone = {k: _Sink(spill / f"dropped-{k:04d}.parquet", audit_empty) for k in seg}
+                gone = {k: ParquetSink(spill / f"dropped-{k:04d}.parquet", audit_empty) for k in seg}
                 ib, im = _run_stage(current, built, seg, spill / f"keys-{si:04d}.parquet", target, gone, outs,
                                     batch_rows, batch_bytes)
                 for sink in gone.values():
@@ -289,7 +289,7 @@ def finish_outputs(tmp: Path, kept: Path, dropped_parts: list[Path], audit_empty
     ``kept`` (moved in as kept.parquet), ``dropped_parts`` (one a step, in step order; a missing
     file is a step that dropped nothing) joined into dropped.parquet, both as JSON Lines, the steps
     ``table`` and pipeline.json. Returns (records in, records dropped); checks in = kept + dropped."""
-    dropped_sink = _Sink(tmp / "dropped.parquet", audit_empty)
+    dropped_sink = ParquetSink(tmp / "dropped.parquet", audit_empty)
     for part in dropped_parts:
         if part.is_file():
             for b in _raw_batches(part):
@@ -309,7 +309,7 @@ def finish_outputs(tmp: Path, kept: Path, dropped_parts: list[Path], audit_empty
 
 
 def _run_stage(current: Source, built: list[tuple[str, Filter | Transform]], seg: list[int], keys_path: Path,
-               target: _Sink, gone: dict[int, _Sink], outs: list[StepOutput], batch_rows: int | None,
+               target: ParquetSink, gone: dict[int, ParquetSink], outs: list[StepOutput], batch_rows: int | None,
                batch_bytes: int | None) -> tuple[dict[str, float], list[str]]:
     """One stage over ``current``: its kept records to ``target``, each step's dropped ones to
     ``gone``; returns the index bytes a record of a decided step and the steps read into memory."""
@@ -319,7 +319,7 @@ def _run_stage(current: Source, built: list[tuple[str, Filter | Transform]], seg
     index_bytes: dict[str, float] = {}
     if not flt.per_record and streamable(flt):
         t0 = time.perf_counter()
-        keys = _Sink(keys_path)
+        keys = ParquetSink(keys_path)
         for b in _stage_batches(current, cols, batch_rows, batch_bytes):
             keys.write(flt.stream_keys(b))  # type: ignore[union-attr]
         keys.close()
