@@ -402,10 +402,15 @@ def _stream_base(keys: pl.DataFrame | pl.LazyFrame) -> tuple[pl.DataFrame, pl.Da
             .drop("_h").sort("_row")), firsts
 
 
+def _detail() -> pl.Expr:
+    """A dedup drop's detail: ``duplicate_of=<record_id of the survivor>`` (null for survivors)."""
+    return (pl.when(pl.col("duplicate_of").is_not_null())
+            .then(pl.concat_str([pl.lit("duplicate_of="), pl.col("duplicate_of")])).alias("detail"))
+
+
 def _decided(clusters: pl.DataFrame) -> pl.DataFrame:
     """record_id, value (similarity to the survivor), detail (duplicate_of=...), in record order."""
-    return clusters.select("record_id", pl.col("similarity").alias("value"), pl.when(pl.col("duplicate_of").is_not_null())
-                           .then(pl.concat_str([pl.lit("duplicate_of="), pl.col("duplicate_of")])).alias("detail"))
+    return clusters.select("record_id", pl.col("similarity").alias("value"), _detail())
 
 
 def _candidate_texts(keys: pl.DataFrame | pl.LazyFrame, trow: np.ndarray, bands: int) -> np.ndarray:
@@ -490,11 +495,7 @@ class _DedupFilter(Filter):
         return _decided(_assemble(base, comp, self.survivor, lambda i, j: np.ones(len(i))))  # type: ignore[attr-defined]
 
     def details(self, frame: pl.DataFrame, values: pl.Series) -> pl.Series | None:
-        dup = self.result(frame).clusters["duplicate_of"]
-        return (dup.to_frame("d")
-                .select(pl.when(pl.col("d").is_not_null())
-                        .then(pl.concat_str([pl.lit("duplicate_of="), pl.col("d")])).alias("detail"))
-                .to_series())
+        return self.result(frame).clusters.select(_detail()).to_series()
 
 
 def _fields_tuple(v: Any) -> tuple[str, ...]:

@@ -73,6 +73,16 @@ AUDIT_COLUMNS: dict[str, pl.DataType] = {
     "value": pl.Float64,     # what the filter measured for this record
     "detail": pl.String,     # why (matched text, first changed character, ...), may be null
 }
+def with_audit_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with the ``AUDIT_COLUMNS`` added, all null: the shape of dropped records."""
+    return frame.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
+
+
+def summary_line(n_in: int, kept: int, dropped: int) -> str:
+    """A run's one-line summary, as every engine prints it and pipeline.json stores it."""
+    return f"{n_in} in, {kept} kept, {dropped} dropped"
+
+
 #: Batches for per-record steps (``per_record = True``): at most this many rows ...
 BATCH_ROWS = 4096
 #: ... and at most this many UTF-8 bytes in the columns the step reads (a batch always holds
@@ -570,7 +580,7 @@ class PipelineResult:
         return self.kept.height + self.dropped.height
 
     def summary(self) -> str:
-        return f"{self.n_in} in, {self.kept.height} kept, {self.dropped.height} dropped"
+        return summary_line(self.n_in, self.kept.height, self.dropped.height)
 
     def reconciles(self) -> bool:
         """in == kept + dropped, and each step's records_in == kept + dropped == next records_in."""
@@ -815,7 +825,7 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
             measured[step] = frame.clear().select("record_id").with_columns(
                 pl.lit(None, dtype=pl.Float64).alias("value"), pl.lit(None, dtype=pl.Boolean).alias("keep"), *extra)
         dropped_parts.extend(acc.gone)
-    empty = frame.clear().with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
+    empty = with_audit_columns(frame.clear())
     dropped = pl.concat([empty, *dropped_parts], how="vertical_relaxed") if dropped_parts else empty
     result = PipelineResult(current, dropped, steps_table(built, outs), measured, config)
     assert current.height + dropped.height == frame.height  # the audit trail is complete

@@ -83,9 +83,11 @@ from cqia_nb.filter.framework import (
     run_batch,
     segments,
     steps_table,
+    summary_line,
+    with_audit_columns,
 )
 from cqia_nb.filter.outputs import OUTPUT_FILES
-from cqia_nb.filter.streaming import Source, ParquetSink, finish_outputs, streamable
+from cqia_nb.filter.streaming import ParquetSink, Source, arrow_table, finish_outputs, streamable
 
 #: Tries after the first for a map task whose worker died (Ray Data's default: no limit).
 MAX_TASK_RETRIES = 3
@@ -181,12 +183,7 @@ class RayResult:
     paths: dict[str, Path] = field(default_factory=dict)
 
     def summary(self) -> str:
-        return f"{self.n_in} in, {self.n_kept} kept, {self.n_dropped} dropped"
-
-
-def _arrow(frame: pl.DataFrame) -> pa.Table:
-    # large_string / large_list in every block, whatever polars' newest layout is
-    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+        return summary_line(self.n_in, self.n_kept, self.n_dropped)
 
 
 def _split(table: pa.Table) -> tuple[pl.DataFrame, pl.DataFrame | None]:
@@ -206,7 +203,7 @@ def _block(kept: pl.DataFrame, gone: Sequence[pl.DataFrame], dead: pl.DataFrame 
     """One output block: kept rows (audit columns null), rows dropped now, rows dropped before,
     each group in its input order; ``stats`` on the first row."""
     cols = [*kept.columns, *AUDIT_COLUMNS]
-    parts = [kept.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()]), *gone]
+    parts = [with_audit_columns(kept), *gone]
     if dead is not None:
         parts.append(dead)
     out = pl.concat([p.select(cols) for p in parts], how="vertical_relaxed")
@@ -230,7 +227,7 @@ class _Stage:
             _release_free_memory()
         kept = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
         stats = json.dumps([[a.n_in, a.kept, a.changed, a.seconds] for a in outs])
-        return _arrow(_block(kept, [g for a in outs for g in a.gone], dead, stats))
+        return arrow_table(_block(kept, [g for a in outs for g in a.gone], dead, stats))
 
 
 class _Keys:
@@ -248,7 +245,7 @@ class _Keys:
             raise RuntimeError(f"filter {self.flt.name!r}: stream_keys gave nothing")
         keys = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
         assert keys is not None
-        return _arrow(keys.filter(pl.col("_h").is_not_null()) if self.hashed_only else keys)
+        return arrow_table(keys.filter(pl.col("_h").is_not_null()) if self.hashed_only else keys)
 
 
 class _BandRows:
@@ -260,23 +257,23 @@ class _BandRows:
     def __call__(self, table: pa.Table) -> pa.Table:
         keys = pl.from_arrow(table)
         assert isinstance(keys, pl.DataFrame)
-        return _arrow(band_rows(keys, self.bands))
+        return arrow_table(band_rows(keys, self.bands))
 
 
 def _bucket_candidates(group: pa.Table) -> pa.Table:
     """``map_groups`` function: the candidate pairs of one LSH bucket (``dedup.bucket_pairs``)."""
     rows = pl.from_arrow(group)
     assert isinstance(rows, pl.DataFrame)
-    return _arrow(bucket_pairs(rows))
+    return arrow_table(bucket_pairs(rows))
 
 
 def _group_decisions(group: pa.Table, flt: Filter) -> pa.Table:
     """``map_groups`` function: the records one group of identical texts drops (exact dedup)."""
     if group.num_rows < 2:  # a text without a copy: nothing to drop
-        return _arrow(pl.DataFrame(schema=DECISION_SCHEMA))
+        return arrow_table(pl.DataFrame(schema=DECISION_SCHEMA))
     keys = pl.from_arrow(group)
     assert isinstance(keys, pl.DataFrame)
-    return _arrow(decisions(flt, keys, None).select(list(DECISION_SCHEMA)).cast(DECISION_SCHEMA))
+    return arrow_table(decisions(flt, keys, None).select(list(DECISION_SCHEMA)).cast(DECISION_SCHEMA))
 
 
 class _LiveColumns:
@@ -287,7 +284,7 @@ class _LiveColumns:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         live, _ = _split(table)
-        return _arrow(live.select(self.columns))
+        return arrow_table(live.select(self.columns))
 
 
 def _frames(ds: Any) -> Iterator[pl.DataFrame]:
@@ -320,7 +317,7 @@ def _input_dataset(ray: Any, source: Source, cpus: int) -> Any:
     if source.frame is not None:
         frame = source.frame
         rows = max(1, min(BATCH_ROWS, -(-frame.height // (2 * cpus))))
-        return ray.data.from_arrow([_arrow(frame.slice(o, rows)) for o in range(0, max(frame.height, 1), rows)])
+        return ray.data.from_arrow([arrow_table(frame.slice(o, rows)) for o in range(0, max(frame.height, 1), rows)])
     ds = ray.data.read_parquet([str(f) for f in source.files], partitioning=None)
     drop = [c for c in _INTERNAL if c in ds.schema().names]
     return ds.drop_columns(drop) if drop else ds
@@ -374,14 +371,14 @@ def _empty(ds: Any) -> pl.DataFrame:
 
 def _on_driver(ray: Any, ds: Any, steps: Sequence[Step], accs: Sequence[StepOutput]) -> Any:
     """A step without the stream protocol: every row to the driver, the step there, back as blocks."""
-    live, dead = _split(_arrow(_collect(ds, _empty(ds).schema)))
+    live, dead = _split(arrow_table(_collect(ds, _empty(ds).schema)))
     kept = run_batch(live, steps, accs)
     gone = [g for a in accs for g in a.gone]
     for a in accs:
         a.gone.clear()
     out = _block(kept, gone, dead, None).drop(STATS)
     rows = max(1, min(BATCH_ROWS, out.height))
-    return ray.data.from_arrow([_arrow(out.slice(o, rows)) for o in range(0, max(out.height, 1), rows)])
+    return ray.data.from_arrow([arrow_table(out.slice(o, rows)) for o in range(0, max(out.height, 1), rows)])
 
 
 @contextmanager
@@ -483,7 +480,7 @@ def _write_blocks(ds: Any, empty: pl.DataFrame, table: pl.DataFrame, config: Pip
                   out: Path) -> tuple[int, int, int, dict[str, Path]]:
     """The last stage's blocks, in input order, to the output files (as the streaming engine writes
     them): live rows to kept.parquet, dropped rows to one file per step, joined in step order."""
-    audit = empty.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
+    audit = with_audit_columns(empty)
     with staged_files(out) as tmp:
         kept = ParquetSink(tmp / ".kept-rows.parquet", empty)
         gone: dict[int, ParquetSink] = {}
@@ -508,7 +505,7 @@ def _write_blocks(ds: Any, empty: pl.DataFrame, table: pl.DataFrame, config: Pip
 def _outputs(rows: pl.DataFrame, empty: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Kept and dropped frames from every row of the last stage, with the local run's columns and
     order (dropped: by step, then input order)."""
-    audit = empty.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
+    audit = with_audit_columns(empty)
     if "step" not in rows.columns:  # no step ran (an empty recipe cannot be built) or no rows
         return pl.concat([empty, rows.select(empty.columns)], how="vertical_relaxed") if rows.height else empty, audit
     live = rows["step"].is_null()

@@ -58,6 +58,8 @@ from cqia_nb.filter.framework import (
     run_batch,
     segments,
     steps_table,
+    summary_line,
+    with_audit_columns,
     _release_free_memory,
 )
 from cqia_nb.filter.outputs import OUTPUT_FILES, write_jsonl, write_pipeline_json
@@ -85,12 +87,7 @@ class Source:
             for o in range(0, self.frame.height, rows):
                 yield self.frame.slice(o, rows)
             return
-        # polars reads a slice from the row groups it covers; pyarrow's iter_batches kept ~1.3 KB
-        # a record resident over a 172k-record file (its buffer pool), polars ~0.15 KB
-        lf = self._scan()
-        n = lf.select(pl.len()).collect().item()
-        for o in range(0, n, rows):
-            yield lf.slice(o, rows).collect()
+        yield from _slices(self._scan(), rows)
 
     def _scan(self) -> pl.LazyFrame:
         lf = pl.scan_parquet(self.files)
@@ -155,12 +152,18 @@ class StreamResult:
     resumed: int = 0
 
     def summary(self) -> str:
-        return f"{self.n_in} in, {self.n_kept} kept, {self.n_dropped} dropped"
+        return summary_line(self.n_in, self.n_kept, self.n_dropped)
 
 
 def streamable(flt: Filter | Transform) -> bool:
     """True when a step runs on batches: per-record, or it has the stream protocol."""
     return flt.per_record or (isinstance(flt, Filter) and type(flt).stream_keys is not Filter.stream_keys)
+
+
+def arrow_table(frame: pl.DataFrame) -> pa.Table:
+    """``frame`` as Arrow with large_string / large_list columns, whatever polars' newest layout is
+    (one schema for every parquet row group and every Ray block)."""
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
 class ParquetSink:
@@ -171,18 +174,14 @@ class ParquetSink:
         self.path, self.empty, self.rows = path, empty, 0
         self.writer: pq.ParquetWriter | None = None
 
-    @staticmethod
-    def _arrow(frame: pl.DataFrame) -> pa.Table:
-        return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
-
     def write(self, frame: pl.DataFrame) -> None:
         if frame.height == 0:
             return
         if self.empty is None:
             self.empty = frame.clear()
-        table = self._arrow(frame.select(self.empty.columns).cast(self.empty.schema))  # type: ignore[arg-type]
+        table = arrow_table(frame.select(self.empty.columns).cast(self.empty.schema))  # type: ignore[arg-type]
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, self._arrow(self.empty).schema)
+            self.writer = pq.ParquetWriter(self.path, arrow_table(self.empty).schema)
         self.writer.write_table(table.cast(self.writer.schema))
         self.rows += frame.height
 
@@ -234,7 +233,7 @@ def run_streaming(source: Source, config: PipelineConfig, out_dir: str | Path, *
         raise ValueError(f"{source.label}: the records have no record_id column; streaming needs one for the steps "
                          "that see every record (dedup): load the data with cqia_nb.data.load or add record_id")
     outs = [StepOutput() for _ in built]
-    audit_empty = empty.with_columns([pl.lit(None, dtype=t).alias(c) for c, t in AUDIT_COLUMNS.items()])
+    audit_empty = with_audit_columns(empty)
     index_bytes: dict[str, float] = {}
     in_memory: list[str] = []
     resumed = 0
@@ -298,11 +297,11 @@ def finish_outputs(tmp: Path, kept: Path, dropped_parts: list[Path], audit_empty
     n_kept = pl.scan_parquet(kept).select(pl.len()).collect().item()
     n_in = int(table["records_in"][0]) if table.height else n_kept
     if n_in != n_kept + dropped_sink.rows or (table.height and int(table["kept"][-1]) != n_kept):
-        raise RuntimeError(f"the run lost or doubled records: {n_in} in, {n_kept} kept, {dropped_sink.rows} dropped")
+        raise RuntimeError(f"the run lost or doubled records: {summary_line(n_in, n_kept, dropped_sink.rows)}")
     write_jsonl(tmp / "kept.jsonl", Source(files=[kept]).batches())
     write_jsonl(tmp / "dropped.jsonl", _raw_batches(tmp / "dropped.parquet"), audit=True)
     table.write_csv(tmp / "steps.csv")
-    write_pipeline_json(tmp / "pipeline.json", config, f"{n_in} in, {n_kept} kept, {dropped_sink.rows} dropped")
+    write_pipeline_json(tmp / "pipeline.json", config, summary_line(n_in, n_kept, dropped_sink.rows))
     if kept != tmp / "kept.parquet":
         shutil.move(kept, tmp / "kept.parquet")  # the spill folder may be on another disk
     return n_in, dropped_sink.rows
@@ -350,7 +349,13 @@ def _run_stage(current: Source, built: list[tuple[str, Filter | Transform]], seg
 
 def _raw_batches(path: Path) -> Iterator[pl.DataFrame]:
     """A parquet file's rows as they are (audit columns included)."""
-    lf = pl.scan_parquet(path)
+    return _slices(pl.scan_parquet(path), READ_ROWS)
+
+
+def _slices(lf: pl.LazyFrame, rows: int) -> Iterator[pl.DataFrame]:
+    """``lf``'s rows in order, ``rows`` at a time. polars reads a slice from the row groups it
+    covers; pyarrow's iter_batches kept ~1.3 KB a record resident over a 172k-record file (its
+    buffer pool), polars ~0.15 KB."""
     n = lf.select(pl.len()).collect().item()
-    for o in range(0, n, READ_ROWS):
-        yield lf.slice(o, READ_ROWS).collect()
+    for o in range(0, n, rows):
+        yield lf.slice(o, rows).collect()
