@@ -432,15 +432,17 @@ def band_rows(keys: pl.DataFrame, bands: int) -> pl.DataFrame:
                       for b in range(bands)], how="vertical")
 
 
-def bucket_pairs(bucket: pl.DataFrame) -> pl.DataFrame:
-    """Every pair of distinct texts (``_ha`` < ``_hb``, digests) in one LSH bucket: the candidates
-    ``candidate_pairs`` finds, from a group of ``band_rows`` with one (band, hash)."""
-    h = bucket["_h"].unique().sort()
-    n = h.len()
-    if n < 2:
+def bucket_pairs(buckets: pl.DataFrame) -> pl.DataFrame:
+    """Every pair of distinct texts (``_ha`` < ``_hb``, digests) that share an LSH bucket: the
+    candidates ``candidate_pairs`` finds, from ``band_rows`` of any number of whole buckets
+    (``_band``, ``_bh``; a cluster engine hands it one partition of the buckets at a time)."""
+    g = buckets.select("_band", "_bh", "_h").unique()
+    g = g.filter(pl.len().over("_band", "_bh") > 1)
+    if g.height == 0:
         return pl.DataFrame(schema={"_ha": pl.Binary, "_hb": pl.Binary})
-    i, j = np.triu_indices(n, k=1)
-    return pl.DataFrame({"_ha": h.gather(i), "_hb": h.gather(j)})
+    pairs = (g.join(g, on=["_band", "_bh"], suffix="_b").filter(pl.col("_h") < pl.col("_h_b"))
+             .select(pl.col("_h").alias("_ha"), pl.col("_h_b").alias("_hb")))
+    return pairs.unique().sort("_ha", "_hb")
 
 
 def _reread_texts(reread: Any, record_ids: pl.Series, fields: tuple[str, ...], normalize: bool) -> list[str]:

@@ -724,6 +724,16 @@ class Decided(Filter):
         self.inner, self.dropped, self.name = flt, dropped, flt.name  # type: ignore[misc]
         self.details_per_record = flt.details_per_record  # type: ignore[misc]
 
+    # Pickled as Arrow (a cluster engine ships the step to its workers): polars' own pickling
+    # (DataFrame.serialize) hung in Ray's scheduling thread on a frame gathered from Ray blocks.
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "dropped": self.dropped.to_arrow()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        dropped = pl.from_arrow(state["dropped"])
+        assert isinstance(dropped, pl.DataFrame)
+        self.__dict__.update({**state, "dropped": dropped})
+
     def _lookup(self, frame: pl.DataFrame, column: str) -> pl.Series:
         return frame.select(pl.col("record_id").cast(pl.String)).join(
             self.dropped, on="record_id", how="left", maintain_order="left")[column]

@@ -22,11 +22,12 @@ How the recipe runs (the stages are ``framework.segments``, as in the other engi
   text features, MinHash signatures), then the step decides:
 
   * ``exact_dedup`` on the cluster: its decisions are local to a group of identical texts, so the
-    keys are shuffled by their text digest (``groupby("_h").map_groups``) and each group decides
-    alone; records with an empty text are never duplicates and skip the shuffle;
+    keys are shuffled by a partition of their text digest (``groupby("_part").map_groups``: Ray
+    calls the function once a group, and one call per text cost more than the work) and each
+    partition decides alone; records with an empty text are never duplicates and skip the shuffle;
   * ``near_dedup`` in stages, as datatrove does: the band hashes become (band, hash, text digest)
-    rows (``dedup.band_rows``), grouped by (band, hash) on the cluster, each bucket giving its
-    candidate pairs (``dedup.bucket_pairs``); the driver gets the pairs and the keys without their
+    rows (``dedup.band_rows``), shuffled by a partition of the bucket's hash on the cluster, each
+    partition giving its buckets' candidate pairs (``dedup.bucket_pairs``); the driver gets the pairs and the keys without their
     bands, and ``reread`` streams the candidates' texts back from the object store for the
     verification, answer check, components and survivors (``NearDedup.stream_decide``);
   * ``short_answer``, ``placeholder_answer`` on the driver, from the keys of all records collected
@@ -248,32 +249,53 @@ class _Keys:
         return arrow_table(keys.filter(pl.col("_h").is_not_null()) if self.hashed_only else keys)
 
 
-class _BandRows:
-    """``map_batches`` function: near dedup's keys as bucket rows (``dedup.band_rows``)."""
+def _partitions(rows: int, cpus: float) -> int:
+    """How many groups a shuffle's ``map_groups`` gets: Ray calls the function once a group, so a
+    group per text (exact dedup) or per LSH bucket (near dedup: bands x records, ~2M at 100k records)
+    cost more in calls than the work; instead each group is a partition of whole groups, enough for
+    every CPU several times over and ~250k rows each at most."""
+    return max(4 * max(int(cpus), 1), -(-rows // 250_000))
 
-    def __init__(self, bands: int):
-        self.bands = bands
+
+class _WithPart:
+    """``map_batches`` function: adds ``_part``, a hash of ``column`` modulo ``parts``: every row
+    of one text (exact dedup) or of one LSH bucket (near dedup) lands in the same partition."""
+
+    def __init__(self, column: str, parts: int):
+        self.column, self.parts = column, parts
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return arrow_table(frame.with_columns((pl.col(self.column).hash(0) % self.parts).cast(pl.Int32).alias("_part")))
+
+
+class _BandRows:
+    """``map_batches`` function: near dedup's keys as bucket rows (``dedup.band_rows``), each with
+    its bucket's partition (``_part``, from the band hash)."""
+
+    def __init__(self, bands: int, parts: int):
+        self.bands, self.part = bands, _WithPart("_bh", parts)
 
     def __call__(self, table: pa.Table) -> pa.Table:
         keys = pl.from_arrow(table)
         assert isinstance(keys, pl.DataFrame)
-        return arrow_table(band_rows(keys, self.bands))
+        return self.part(arrow_table(band_rows(keys, self.bands)))
 
 
 def _bucket_candidates(group: pa.Table) -> pa.Table:
-    """``map_groups`` function: the candidate pairs of one LSH bucket (``dedup.bucket_pairs``)."""
+    """``map_groups`` function: the candidate pairs of one partition of LSH buckets (``dedup.bucket_pairs``)."""
     rows = pl.from_arrow(group)
     assert isinstance(rows, pl.DataFrame)
     return arrow_table(bucket_pairs(rows))
 
 
 def _group_decisions(group: pa.Table, flt: Filter) -> pa.Table:
-    """``map_groups`` function: the records one group of identical texts drops (exact dedup)."""
-    if group.num_rows < 2:  # a text without a copy: nothing to drop
-        return arrow_table(pl.DataFrame(schema=DECISION_SCHEMA))
+    """``map_groups`` function: the records one partition of texts drops (exact dedup decides
+    within each group of identical texts, and a partition holds whole groups)."""
     keys = pl.from_arrow(group)
     assert isinstance(keys, pl.DataFrame)
-    return arrow_table(decisions(flt, keys, None).select(list(DECISION_SCHEMA)).cast(DECISION_SCHEMA))
+    return arrow_table(decisions(flt, keys.drop("_part"), None).select(list(DECISION_SCHEMA)).cast(DECISION_SCHEMA))
 
 
 class _LiveColumns:
@@ -334,14 +356,16 @@ def _harvest(ds: Any, seg: Sequence[int], outs: list[StepOutput]) -> None:
                 outs[k].seconds += seconds
 
 
-def _decide(ds: Any, flt: Filter, batch_rows: int | None, batch_bytes: int | None) -> pl.DataFrame:
+def _decide(ds: Any, flt: Filter, batch_rows: int | None, batch_bytes: int | None, cpus: float) -> pl.DataFrame:
     """The records a step that needs every record drops (record_id, value, detail), by the stream
     protocol: exact dedup shuffled by text digest on the cluster; near dedup's LSH buckets grouped
     on the cluster (band hashes -> group by (band, hash) -> candidate pairs), its verification and
     components on the driver; the grouped answer rules on the driver."""
     if isinstance(flt, ExactDedup):
-        keys = _map(ds, _Keys(flt, batch_rows, batch_bytes, hashed_only=True))
-        groups = keys.groupby("_h").map_groups(_group_decisions, batch_format="pyarrow", fn_kwargs={"flt": flt})
+        keys = _map(ds, _Keys(flt, batch_rows, batch_bytes, hashed_only=True)).materialize()
+        parts = _partitions(keys.count(), cpus)
+        groups = _map(keys, _WithPart("_h", parts)).groupby("_part").map_groups(
+            _group_decisions, batch_format="pyarrow", fn_kwargs={"flt": flt})
         return _collect(groups, DECISION_SCHEMA)
     text = _map(ds, _LiveColumns(["record_id", *flt.required_columns()]))
     if isinstance(flt, NearDedup):
@@ -349,7 +373,8 @@ def _decide(ds: Any, flt: Filter, batch_rows: int | None, batch_bytes: int | Non
         # the pairs and the keys without their bands, verifies and joins the components
         bands = flt.lsh_params[0]
         keys = _map(ds, _Keys(flt, batch_rows, batch_bytes)).materialize()
-        buckets = _map(keys, _BandRows(bands)).groupby(["_band", "_bh"]).map_groups(
+        parts = _partitions(keys.count() * bands, cpus)
+        buckets = _map(keys, _BandRows(bands, parts)).groupby("_part").map_groups(
             _bucket_candidates, batch_format="pyarrow")
         candidates = _collect(buckets, {"_ha": pl.Binary, "_hb": pl.Binary})
         keys_df = _collect(keys.drop_columns([f"_b{b}" for b in range(bands)]))
@@ -423,7 +448,7 @@ def _run_stages(ray: Any, ds: Any, built: list[tuple[str, Filter | Transform]], 
         else:
             if not flt.per_record:
                 assert isinstance(flt, Filter)
-                dropped = _decide(ds, flt, batch_rows, batch_bytes)
+                dropped = _decide(ds, flt, batch_rows, batch_bytes, ray.cluster_resources().get("CPU", 1))
                 outs[seg[0]].seconds += time.perf_counter() - t0
                 steps = [(seg[0] + 1, steps[0][1], Decided(flt, dropped))]
             ds = _map(ds, _Stage(steps, batch_rows, batch_bytes)).materialize()

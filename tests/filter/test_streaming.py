@@ -175,9 +175,15 @@ def test_near_dedup_buckets_grouped_elsewhere_decide_the_same(recipe):
     flt = dict(recipe.build())["near_dedup"]
     bands = flt.lsh_params[0]
     keys = pl.concat([flt.stream_keys(frame.slice(o, 100)) for o in range(0, frame.height, 100)])
-    buckets = band_rows(keys, bands).group_by(["_band", "_bh"])
+    rows = band_rows(keys, bands)
+    buckets = rows.group_by(["_band", "_bh"])
     candidates = pl.concat([bucket_pairs(g) for _, g in buckets])
     assert candidates.height > 0
+    # any partition of whole buckets gives the same pairs as one bucket at a time
+    parts = rows.with_columns((pl.col("_bh").hash(0) % 7).alias("_part")).partition_by("_part")
+    by_part = pl.concat([bucket_pairs(p) for p in parts]).unique().sort("_ha", "_hb")
+    assert by_part.equals(candidates.unique().sort("_ha", "_hb"))
+    assert bucket_pairs(rows).equals(by_part)
     batches = lambda: (frame.slice(o, 100) for o in range(0, frame.height, 100))  # noqa: E731
     alone = decisions(flt, keys, batches)
     assert alone.height > 0
