@@ -94,6 +94,7 @@ class NgramRepetitionFilter(TextFilter):
         super().__post_init__()
         if self.rep_len < 1:
             raise ValueError(f"rep_len must be >= 1, got {self.rep_len}")
+        bmp_tables()  # the tokeniser's code-point tables, built once
 
     def measure(self, frame: pl.DataFrame) -> pl.Series:
         ids, lengths = word_tokens(series_of(frame, self.text()))
