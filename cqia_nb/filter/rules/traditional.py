@@ -28,19 +28,32 @@ def _converter(config: str):
 _SEPARATORS = ("\ue000", "\ue001", "\U000f0000", "\x00")
 
 
+def _convert_utf8(conv, raw: bytes) -> str:
+    """``conv.convert(raw.decode())`` without the round trip through a Python str: opencc's
+    ``OpenCC.convert`` only encodes its argument to UTF-8 and passes the bytes to the C++ class
+    it derives from, which is called here with polars' UTF-8 bytes directly."""
+    try:
+        return super(type(conv), conv).convert(raw, len(raw))
+    except TypeError:  # pragma: no cover - another opencc binding: the public call
+        return conv.convert(raw.decode("utf-8"))
+
+
 def convert_texts(texts: pl.Series, config: str = "t2s") -> pl.Series:
     """OpenCC conversion of every text in one library call (joined by a private-use separator
-    that no text contains); nulls stay null."""
+    that no text contains; the joined UTF-8 comes from polars, no Python str per record); nulls
+    stay null."""
     conv = _converter(config)
     filled = texts.cast(pl.String).fill_null("")
     sep = next((s for s in _SEPARATORS if not filled.str.contains(s, literal=True).any()), None)
     if sep is None:  # every separator occurs in the data: convert one by one
         return pl.Series(texts.name, [None if t is None else conv.convert(t) for t in texts.to_list()],
                          dtype=pl.String)
-    parts = conv.convert(sep.join(filled.to_list())).split(sep)
+    parts = _convert_utf8(conv, filled.str.join(sep).cast(pl.Binary).item()).split(sep)
     if len(parts) != filled.len():  # the converter touched a separator: be safe, go one by one
         parts = [conv.convert(t) for t in filled.to_list()]
     out = pl.Series(texts.name, parts, dtype=pl.String)
+    if not texts.null_count():
+        return out
     return pl.select(pl.when(texts.is_null()).then(None).otherwise(out)).to_series().alias(texts.name)
 
 
