@@ -617,6 +617,15 @@ class StepOutput:
     measured: list[pl.DataFrame] = field(default_factory=list)  # record_id, value, keep[, changed]
     gone: list[pl.DataFrame] = field(default_factory=list)      # dropped records + audit columns
 
+    def add(self, other: "StepOutput") -> None:
+        """Add what ``other`` (a later batch) counted and kept."""
+        self.n_in += other.n_in
+        self.kept += other.kept
+        self.changed += other.changed
+        self.seconds += other.seconds
+        self.measured.extend(other.measured)
+        self.gone.extend(other.gone)
+
 
 def _own_strings(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` with its String columns copied into buffers of their own. A few rows filtered out
@@ -779,8 +788,45 @@ def steps_table(built: Sequence[tuple[str, Filter | Transform]], outs: Sequence[
     return pl.DataFrame(rows, schema=STEPS_SCHEMA, orient="row")
 
 
+def run_batches(frame: pl.DataFrame, bounds: Sequence[tuple[int, int]],
+                steps: Sequence[tuple[int, str, Filter | Transform]], outputs: Sequence[StepOutput],
+                threads: int = 1) -> pl.DataFrame:
+    """``run_batch`` over the slices ``bounds`` of ``frame`` (per-record steps only), the kept
+    records concatenated in input order. With ``threads`` > 1 up to that many batches run at once
+    in a thread pool (the kernels spend their time in numpy, polars and OpenCC, which release the
+    GIL); each batch counts into StepOutputs of its own, added to ``outputs`` in batch order, so the
+    results are those of one thread. Each batch in flight holds its own arrays (memory: ``threads``
+    batches). ``seconds`` of a step is then the sum over batches of their time in the step."""
+    if len(bounds) == 1:
+        out = run_batch(frame, steps, outputs)
+        _release_free_memory()
+        return out
+    if threads <= 1:
+        parts = []
+        for o, n in bounds:
+            parts.append(run_batch(frame.slice(o, n), steps, outputs))
+            _release_free_memory()
+        return pl.concat(parts, how="vertical")
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(bound: tuple[int, int]) -> tuple[pl.DataFrame, list[StepOutput]]:
+        local = [StepOutput() for _ in outputs]
+        kept = run_batch(frame.slice(*bound), steps, local)
+        _release_free_memory()
+        return kept, local
+
+    parts = []
+    with ThreadPoolExecutor(max_workers=min(threads, len(bounds)), thread_name_prefix="cqia-batch") as pool:
+        for kept, local in pool.map(one, bounds):
+            parts.append(kept)
+            for acc, part in zip(outputs, local):
+                acc.add(part)
+    return pl.concat(parts, how="vertical")
+
+
 def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = False,
-                 batch_rows: int | None = None, batch_bytes: int | None = None) -> PipelineResult:
+                 batch_rows: int | None = None, batch_bytes: int | None = None,
+                 threads: int = 1) -> PipelineResult:
     """Apply the steps in order; every removed record is kept in ``dropped`` with its reason.
 
     Consecutive per-record steps (rule filters, ``to_simplified``) run batch by batch: each
@@ -788,7 +834,8 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
     ``BATCH_ROWS`` / ``BATCH_BYTES``; zero-copy slices) goes through all of them (``run_batch``)
     before the next, so memory holds one batch's arrays, not the whole input's; steps that need
     every record (deduplication) run on all records kept so far. The results are those of
-    running each step on the whole frame, whatever the batch size."""
+    running each step on the whole frame, whatever the batch size. ``threads`` > 1 runs that many
+    batches at once (``run_batches``), with the same results."""
     built = config.build()
     check_columns(frame, built)
     current = frame
@@ -805,12 +852,7 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
             current = run_batch(current, steps, accs)
         else:
             cols = [c for k in seg for c in built[k][1].required_columns()]
-            bounds = batch_slices(current, cols, batch_rows, batch_bytes)
-            parts = []
-            for o, n in bounds:
-                parts.append(run_batch(current if len(bounds) == 1 else current.slice(o, n), steps, accs))
-                _release_free_memory()
-            current = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
+            current = run_batches(current, batch_slices(current, cols, batch_rows, batch_bytes), steps, accs, threads)
         if bar is not None:
             bar.update(len(seg))
     if bar is not None:
