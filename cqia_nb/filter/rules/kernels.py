@@ -82,9 +82,9 @@ def class_codes(cps: np.ndarray, patterns: tuple[str, ...]) -> np.ndarray:
     if not 1 <= len(patterns) <= 8:
         raise ValueError("class_codes takes 1 to 8 patterns")
     table = _bmp_codes_table(tuple(patterns))
+    out = np.take(table, cps, mode="clip")  # astral code points read the last entry: overwritten below
     if len(cps) == 0 or cps.max() < 0x10000:
-        return np.take(table, cps)
-    out = np.take(table, np.minimum(cps, 0xFFFF))  # astral positions are overwritten below
+        return out
     astral = np.flatnonzero(cps > 0xFFFF)
     uniq, inv = np.unique(cps[astral], return_inverse=True)
     chars = pl.Series([chr(int(c)) for c in uniq])
@@ -97,19 +97,19 @@ def class_codes(cps: np.ndarray, patterns: tuple[str, ...]) -> np.ndarray:
 
 def class_counts(cps: np.ndarray, lengths: np.ndarray, patterns: tuple[str, ...]) -> list[np.ndarray]:
     """Per text, the number of characters matching each one-character class of ``patterns``:
-    ``[per_text_sum(class_mask(cps, p), lengths) for p in patterns]`` from one table lookup. When
-    few characters match any class (special characters, whitespace), only their positions are
-    counted (each assigned to its text by binary search) instead of prefix sums over every
-    character."""
+    ``[per_text_sum(class_mask(cps, p), lengths) for p in patterns]`` from one table lookup, each
+    count one ``np.add.reduceat`` over the texts' slices (empty texts: 0)."""
     lengths = np.asarray(lengths, dtype=np.int64)
     codes = class_codes(cps, patterns)
-    hits = np.flatnonzero(codes)
-    if len(hits) * 4 > len(codes):  # dense classes: prefix sums
-        return [per_text_sum((codes & np.uint8(1 << k)) != 0, lengths) for k in range(len(patterns))]
-    doc = np.searchsorted(np.cumsum(lengths), hits, side="right")
-    c = codes[hits]
-    return [np.bincount(doc[(c & np.uint8(1 << k)) != 0], minlength=len(lengths)).astype(np.int64)
-            for k in range(len(patterns))]
+    nonempty = lengths > 0
+    starts = (np.cumsum(lengths) - lengths)[nonempty]  # increasing: each slice ends where the next starts
+    out = []
+    for k in range(len(patterns)):
+        counts = np.zeros(len(lengths), dtype=np.int64)
+        if len(starts):
+            counts[nonempty] = np.add.reduceat((codes & np.uint8(1 << k)) != 0, starts, dtype=np.int64)
+        out.append(counts)
+    return out
 
 
 def per_text_sum(mask: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -358,12 +358,9 @@ def word_tokens(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     if len(cps) == 0:
         return np.zeros(0, dtype=np.uint64), np.zeros(len(lengths), dtype=np.int64)
     cls_t, low_t = bmp_tables()
-    if cps.max() < 0x10000:
-        idx = cps.astype(np.intp)  # once for both lookups
-        cls, low = np.take(cls_t, idx), np.take(low_t, idx)
-    else:  # astral characters: class 0 (1 in CJK extension B..), lower-case = itself
-        idx = np.minimum(cps, 0xFFFF).astype(np.intp)
-        cls, low = np.take(cls_t, idx), np.take(low_t, idx)
+    idx = cps.astype(np.intp)  # once for both lookups
+    cls, low = np.take(cls_t, idx, mode="clip"), np.take(low_t, idx, mode="clip")
+    if cps.max() >= 0x10000:  # astral characters: class 0 (1 in CJK extension B..), lower-case = itself
         astral = np.flatnonzero(cps > 0xFFFF)
         a = cps[astral]
         cls[astral] = ((a >= 0x20000) & (a <= 0x3FFFF)).astype(np.uint8)
