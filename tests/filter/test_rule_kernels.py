@@ -253,6 +253,16 @@ def test_convert_texts_equals_one_call_per_text():
     every = texts + ["".join(traditional._SEPARATORS)]
     assert traditional.convert_texts(pl.Series(every)).to_list() == [None if t is None else conv.convert(t) for t in every]
     assert traditional.convert_texts(pl.Series([], dtype=pl.String)).to_list() == []
+    # OpenCC's C API (through ctypes) and its Python method: the same bytes; a NUL byte takes the method
+    native = traditional._native("t2s")
+    assert native is not None  # the opencc wheel the project pins exports it
+    for t in [x for x in texts if x and "\x00" not in x] + ["們" * 1000, "𠀀" * 3 + "臺灣的頭髮乾燥"]:
+        assert native(t.encode()).decode() == conv.convert(t)
+    cjk = "\n".join(chr(c) for c in (*range(0x3400, 0x4DC0), *range(0x4E00, 0xA000), *range(0xF900, 0xFB00),
+                                     *range(0x20000, 0x2A6E0)))  # every character OpenCC's t2s could change
+    assert native(cjk.encode()).decode() == conv.convert(cjk)
+    nul = ["們\x00這", "x\x00", "\x00"]
+    assert traditional.convert_texts(pl.Series(nul)).to_list() == [conv.convert(t) for t in nul]
 
 
 # ----------------------------------------------------------------------------- threads
