@@ -91,6 +91,9 @@ BATCH_ROWS = 4096
 #: bounded by these two numbers, not by the input. 4096 real records are ~2.2 M characters
 #: (~6 MB of UTF-8) of instruction+input+output. See ``batch_slices``.
 BATCH_BYTES = 8 << 20
+#: With ``threads`` > 1 (and no ``batch_rows``), ``run_pipeline`` cuts about 8 batches a thread, of at
+#: least this many rows (and at most ``BATCH_ROWS``): batches of equal work end together.
+THREADED_MIN_ROWS = 1024
 STEPS_SCHEMA: dict[str, pl.DataType] = {
     "step": pl.Int64, "name": pl.String, "filter": pl.String, "kind": pl.String,
     "records_in": pl.Int64, "kept": pl.Int64, "dropped": pl.Int64, "changed": pl.Int64,
@@ -835,7 +838,8 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
     before the next, so memory holds one batch's arrays, not the whole input's; steps that need
     every record (deduplication) run on all records kept so far. The results are those of
     running each step on the whole frame, whatever the batch size. ``threads`` > 1 runs that many
-    batches at once (``run_batches``), with the same results."""
+    batches at once (``run_batches``), with the same results; without ``batch_rows`` the batches are
+    then smaller (about 8 a thread, ``THREADED_MIN_ROWS`` rows at least)."""
     built = config.build()
     check_columns(frame, built)
     current = frame
@@ -852,7 +856,10 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
             current = run_batch(current, steps, accs)
         else:
             cols = [c for k in seg for c in built[k][1].required_columns()]
-            current = run_batches(current, batch_slices(current, cols, batch_rows, batch_bytes), steps, accs, threads)
+            rows = batch_rows
+            if rows is None and threads > 1:  # about 8 batches a thread, so that the threads end together
+                rows = min(BATCH_ROWS, max(THREADED_MIN_ROWS, -(-current.height // (8 * threads))))
+            current = run_batches(current, batch_slices(current, cols, rows, batch_bytes), steps, accs, threads)
         if bar is not None:
             bar.update(len(seg))
     if bar is not None:
