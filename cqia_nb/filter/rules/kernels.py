@@ -224,7 +224,7 @@ def _maybe_repeated(keys: np.ndarray, cuts: np.ndarray, mult: int, chunk: int = 
             bucket = buf[:size]  # (key * mult) >> (64 - bits), in place, then read as indices
             np.multiply(keys[a:b], mult64, out=bucket)
             np.right_shift(bucket, np.uint64(64 - table_bits(size)), out=bucket)
-            bucket = bucket.view(np.intp)
+            bucket = bucket.view(np.int64)  # the same bits: indices below 2**bits
             idx = ar[:size]
             owner[bucket] = idx
             np.not_equal(np.take(owner, bucket, out=got[:size], mode="clip"), idx, out=neq[:size])
