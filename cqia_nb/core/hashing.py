@@ -84,16 +84,22 @@ def window_hash(u: np.ndarray, n: int) -> np.ndarray:
                 np.multiply(h, base, out=h)
                 np.add(h, u[k:k + m], out=h)
             return h
+        # each step a * B**k + b written into the product's own buffer: one new array a step
         pows = {1: u}
         size = 1
         while size * 2 <= n:
             prev = pows[size]
-            pows[size * 2] = prev[:-size] * np.uint64(pow(WINDOW_BASE, size, 1 << 64)) + prev[size:]
+            cur = np.multiply(prev[:-size], np.uint64(pow(WINDOW_BASE, size, 1 << 64)))
+            np.add(cur, prev[size:], out=cur)
+            pows[size * 2] = cur
             size *= 2
-        acc = pows[size][:m + n - size].copy()
+        acc = pows[size]
         offset = size
         for b in sorted((k for k in pows if k < size and n & k), reverse=True):
-            acc = acc[:m + n - offset - b] * np.uint64(pow(WINDOW_BASE, b, 1 << 64)) + pows[b][offset:offset + m + n - offset - b]
+            length = m + n - offset - b
+            nxt = np.multiply(acc[:length], np.uint64(pow(WINDOW_BASE, b, 1 << 64)))
+            np.add(nxt, pows[b][offset:offset + length], out=nxt)
+            acc = nxt
             offset += b
         return acc[:m]
 

@@ -91,6 +91,9 @@ BATCH_ROWS = 4096
 #: bounded by these two numbers, not by the input. 4096 real records are ~2.2 M characters
 #: (~6 MB of UTF-8) of instruction+input+output. See ``batch_slices``.
 BATCH_BYTES = 8 << 20
+#: With ``threads`` > 1 (and no ``batch_rows``), ``run_pipeline`` cuts about 8 batches a thread, of at
+#: least this many rows (and at most ``BATCH_ROWS``): batches of equal work end together.
+THREADED_MIN_ROWS = 1024
 STEPS_SCHEMA: dict[str, pl.DataType] = {
     "step": pl.Int64, "name": pl.String, "filter": pl.String, "kind": pl.String,
     "records_in": pl.Int64, "kept": pl.Int64, "dropped": pl.Int64, "changed": pl.Int64,
@@ -617,6 +620,15 @@ class StepOutput:
     measured: list[pl.DataFrame] = field(default_factory=list)  # record_id, value, keep[, changed]
     gone: list[pl.DataFrame] = field(default_factory=list)      # dropped records + audit columns
 
+    def add(self, other: "StepOutput") -> None:
+        """Add what ``other`` (a later batch) counted and kept."""
+        self.n_in += other.n_in
+        self.kept += other.kept
+        self.changed += other.changed
+        self.seconds += other.seconds
+        self.measured.extend(other.measured)
+        self.gone.extend(other.gone)
+
 
 def _own_strings(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` with its String columns copied into buffers of their own. A few rows filtered out
@@ -789,8 +801,45 @@ def steps_table(built: Sequence[tuple[str, Filter | Transform]], outs: Sequence[
     return pl.DataFrame(rows, schema=STEPS_SCHEMA, orient="row")
 
 
+def run_batches(frame: pl.DataFrame, bounds: Sequence[tuple[int, int]],
+                steps: Sequence[tuple[int, str, Filter | Transform]], outputs: Sequence[StepOutput],
+                threads: int = 1) -> pl.DataFrame:
+    """``run_batch`` over the slices ``bounds`` of ``frame`` (per-record steps only), the kept
+    records concatenated in input order. With ``threads`` > 1 up to that many batches run at once
+    in a thread pool (the kernels spend their time in numpy, polars and OpenCC, which release the
+    GIL); each batch counts into StepOutputs of its own, added to ``outputs`` in batch order, so the
+    results are those of one thread. Each batch in flight holds its own arrays (memory: ``threads``
+    batches). ``seconds`` of a step is then the sum over batches of their time in the step."""
+    if len(bounds) == 1:
+        out = run_batch(frame, steps, outputs)
+        _release_free_memory()
+        return out
+    if threads <= 1:
+        parts = []
+        for o, n in bounds:
+            parts.append(run_batch(frame.slice(o, n), steps, outputs))
+            _release_free_memory()
+        return pl.concat(parts, how="vertical")
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(bound: tuple[int, int]) -> tuple[pl.DataFrame, list[StepOutput]]:
+        local = [StepOutput() for _ in outputs]
+        kept = run_batch(frame.slice(*bound), steps, local)
+        _release_free_memory()
+        return kept, local
+
+    parts = []
+    with ThreadPoolExecutor(max_workers=min(threads, len(bounds)), thread_name_prefix="cqia-batch") as pool:
+        for kept, local in pool.map(one, bounds):
+            parts.append(kept)
+            for acc, part in zip(outputs, local):
+                acc.add(part)
+    return pl.concat(parts, how="vertical")
+
+
 def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = False,
-                 batch_rows: int | None = None, batch_bytes: int | None = None) -> PipelineResult:
+                 batch_rows: int | None = None, batch_bytes: int | None = None,
+                 threads: int = 1) -> PipelineResult:
     """Apply the steps in order; every removed record is kept in ``dropped`` with its reason.
 
     Consecutive per-record steps (rule filters, ``to_simplified``) run batch by batch: each
@@ -798,7 +847,9 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
     ``BATCH_ROWS`` / ``BATCH_BYTES``; zero-copy slices) goes through all of them (``run_batch``)
     before the next, so memory holds one batch's arrays, not the whole input's; steps that need
     every record (deduplication) run on all records kept so far. The results are those of
-    running each step on the whole frame, whatever the batch size."""
+    running each step on the whole frame, whatever the batch size. ``threads`` > 1 runs that many
+    batches at once (``run_batches``), with the same results; without ``batch_rows`` the batches are
+    then smaller (about 8 a thread, ``THREADED_MIN_ROWS`` rows at least)."""
     built = config.build()
     check_columns(frame, built)
     current = frame
@@ -815,12 +866,10 @@ def run_pipeline(frame: pl.DataFrame, config: PipelineConfig, progress: bool = F
             current = run_batch(current, steps, accs)
         else:
             cols = [c for k in seg for c in built[k][1].required_columns()]
-            bounds = batch_slices(current, cols, batch_rows, batch_bytes)
-            parts = []
-            for o, n in bounds:
-                parts.append(run_batch(current if len(bounds) == 1 else current.slice(o, n), steps, accs))
-                _release_free_memory()
-            current = parts[0] if len(parts) == 1 else pl.concat(parts, how="vertical")
+            rows = batch_rows
+            if rows is None and threads > 1:  # about 8 batches a thread, so that the threads end together
+                rows = min(BATCH_ROWS, max(THREADED_MIN_ROWS, -(-current.height // (8 * threads))))
+            current = run_batches(current, batch_slices(current, cols, rows, batch_bytes), steps, accs, threads)
         if bar is not None:
             bar.update(len(seg))
     if bar is not None:

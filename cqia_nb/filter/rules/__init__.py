@@ -22,6 +22,14 @@ from cqia_nb.filter.rules.chars import (  # noqa: F401
     SymbolRunFilter,
     gbk_mojibake_chars,
 )
+from cqia_nb.filter.rules.clean import (  # noqa: F401
+    DJ_EMAIL,
+    DJ_EMAIL_PREFILTER,
+    DJ_LINK,
+    DJ_LINK_PREFILTER,
+    RegexCleanTransform,
+    replace_all,
+)
 from cqia_nb.filter.rules.common import (  # noqa: F401
     ALL_TEXT,
     FENCED_CODE,

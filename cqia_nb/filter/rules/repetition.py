@@ -45,9 +45,14 @@ class CharRepetitionFilter(TextFilter):
         rd, rc, total, distinct = ngram_repeats(cps, lengths, self.rep_len)
         n_docs = frame.height
         k = np.minimum(np.floor(np.sqrt(distinct)).astype(np.int64), np.bincount(rd, minlength=n_docs))
-        order = np.lexsort((-rc, rd))  # by doc, most frequent first
-        rd, rc = rd[order], rc[order]
-        rank = np.arange(len(rd)) - np.searchsorted(rd, rd, side="left")
+        if len(rc) and rc.max() >= 1 << 32:  # pragma: no cover - a text of 4 G characters
+            order = np.lexsort((-rc, rd))  # by doc, most frequent first
+            rd, rc = rd[order], rc[order]
+        else:  # the same order from one sort of packed (doc, -frequency) keys (rd arrives sorted)
+            packed = (rd << 32) | (0xFFFFFFFF - rc)
+            packed.sort(kind="stable")
+            rd, rc = packed >> 32, 0xFFFFFFFF - (packed & 0xFFFFFFFF)
+        rank = np.arange(len(rd)) - np.searchsorted(rd, np.arange(n_docs))[rd]
         top_sel = rank < k[rd]
         top = np.bincount(rd[top_sel], weights=rc[top_sel], minlength=n_docs)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -94,6 +99,7 @@ class NgramRepetitionFilter(TextFilter):
         super().__post_init__()
         if self.rep_len < 1:
             raise ValueError(f"rep_len must be >= 1, got {self.rep_len}")
+        bmp_tables()  # the tokeniser's code-point tables, built once
 
     def measure(self, frame: pl.DataFrame) -> pl.Series:
         ids, lengths = word_tokens(series_of(frame, self.text()))

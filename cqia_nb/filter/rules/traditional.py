@@ -28,19 +28,77 @@ def _converter(config: str):
 _SEPARATORS = ("\ue000", "\ue001", "\U000f0000", "\x00")
 
 
+def _convert_utf8(conv, raw: bytes) -> str:
+    """``conv.convert(raw.decode())`` without the round trip through a Python str: opencc's
+    ``OpenCC.convert`` only encodes its argument to UTF-8 and passes the bytes to the C++ class
+    it derives from, which is called here with polars' UTF-8 bytes directly."""
+    try:
+        return super(type(conv), conv).convert(raw, len(raw))
+    except TypeError:  # pragma: no cover - another opencc binding: the public call
+        return conv.convert(raw.decode("utf-8"))
+
+
+@lru_cache(maxsize=8)
+def _native(config: str):
+    """OpenCC's own C API (``opencc_open`` / ``opencc_convert_utf8``, exported by the same extension
+    module the ``opencc`` package loads, on the same config file, hence the same dictionaries) as a
+    function UTF-8 bytes -> UTF-8 bytes, or None where the module does not export it. Called through
+    ctypes, which releases the GIL for the call (the pybind11 method holds it): batches in other
+    threads run meanwhile. The header documents these functions as thread-safe. The result is not
+    decoded into a Python str: polars splits it."""
+    try:
+        import ctypes
+
+        import opencc
+
+        lib = ctypes.CDLL(opencc.opencc_clib.__file__)
+        lib.opencc_open.argtypes, lib.opencc_open.restype = [ctypes.c_char_p], ctypes.c_void_p
+        lib.opencc_convert_utf8.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.opencc_convert_utf8.restype = ctypes.c_void_p
+        lib.opencc_convert_utf8_free.argtypes, lib.opencc_convert_utf8_free.restype = [ctypes.c_void_p], None
+        handle = lib.opencc_open(_converter(config).config.encode())
+    except Exception:  # pragma: no cover - another opencc build
+        return None
+    if not handle or handle == ctypes.c_void_p(-1).value:  # pragma: no cover
+        return None
+
+    def convert(raw: bytes) -> bytes:
+        out = lib.opencc_convert_utf8(handle, raw, len(raw))
+        if not out:  # pragma: no cover - OpenCC reported an error
+            raise ValueError("OpenCC could not convert the text")
+        try:
+            return ctypes.string_at(out)  # NUL-terminated: callers pass no NUL byte
+        finally:
+            lib.opencc_convert_utf8_free(out)
+
+    return convert
+
+
 def convert_texts(texts: pl.Series, config: str = "t2s") -> pl.Series:
     """OpenCC conversion of every text in one library call (joined by a private-use separator
-    that no text contains); nulls stay null."""
+    that no text contains; the joined UTF-8 comes from polars and, through OpenCC's C API
+    (``_native``), goes back to polars as bytes: no Python str per record); nulls stay null.
+    Texts holding a NUL byte take OpenCC's Python method instead (the C API's output is a C string)."""
     conv = _converter(config)
     filled = texts.cast(pl.String).fill_null("")
+    if filled.len() == 0:
+        return pl.Series(texts.name, [], dtype=pl.String)
     sep = next((s for s in _SEPARATORS if not filled.str.contains(s, literal=True).any()), None)
     if sep is None:  # every separator occurs in the data: convert one by one
         return pl.Series(texts.name, [None if t is None else conv.convert(t) for t in texts.to_list()],
                          dtype=pl.String)
-    parts = conv.convert(sep.join(filled.to_list())).split(sep)
-    if len(parts) != filled.len():  # the converter touched a separator: be safe, go one by one
-        parts = [conv.convert(t) for t in filled.to_list()]
-    out = pl.Series(texts.name, parts, dtype=pl.String)
+    joined = filled.str.join(sep).cast(pl.Binary).item()
+    native = _native(config)
+    out = None
+    if native is not None and b"\x00" not in joined:
+        out = pl.Series(texts.name, [native(joined)], dtype=pl.Binary).cast(pl.String).str.split(sep).explode()
+    if out is None or out.len() != filled.len():
+        parts = _convert_utf8(conv, joined).split(sep)
+        if len(parts) != filled.len():  # the converter touched a separator: be safe, go one by one
+            parts = [conv.convert(t) for t in filled.to_list()]
+        out = pl.Series(texts.name, parts, dtype=pl.String)
+    if not texts.null_count():
+        return out
     return pl.select(pl.when(texts.is_null()).then(None).otherwise(out)).to_series().alias(texts.name)
 
 
