@@ -94,15 +94,21 @@ def _digest(ids: list[str], texts: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- workers
 
-def worker_ours(parquet: str, _aux: str) -> dict:
-    t0 = time.perf_counter()
+def register_transforms(per_record: bool = False) -> None:
+    """Register the two bench transforms (bench_convert_all, bench_regex_clean) with the framework,
+    once per process. Defined in a function, not at module level, so that cloudpickle ships them by
+    value to Ray workers that cannot import this file (benchmarks/bench_ray_dj.py). ``per_record``:
+    declare them per-record (both are), so that run_pipeline batches them and the Ray engine runs
+    them on its workers; this benchmark leaves them whole-frame steps, as it measured them."""
     sys.path.insert(0, str(ROOT))
-    import polars as pl
+    import dataclasses
 
     import cqia_nb.filter.framework as F
     from cqia_nb.filter.rules import traditional as rules
 
-    import dataclasses
+    if "bench_convert_all" in F.FILTERS:
+        F.FILTERS["bench_convert_all"].per_record = F.FILTERS["bench_regex_clean"].per_record = per_record
+        return
 
     @F.register
     @dataclasses.dataclass
@@ -135,6 +141,16 @@ def worker_ours(parquet: str, _aux: str) -> dict:
             before = frame[self.field]
             after = before.str.replace_all(self.pattern, "")
             return F.Rewritten(frame.with_columns(after.alias(self.field)), (before != after).fill_null(False))
+
+    ConvertAll.per_record = RegexClean.per_record = per_record
+
+
+def worker_ours(parquet: str, _aux: str) -> dict:
+    t0 = time.perf_counter()
+    register_transforms()
+    import polars as pl
+
+    import cqia_nb.filter.framework as F
 
     cfg = F.PipelineConfig.from_dict({"name": "fair", "steps": json.loads(json.dumps(OURS_STEPS))})
     cfg.build()
