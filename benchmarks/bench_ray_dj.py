@@ -38,6 +38,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -117,6 +118,7 @@ def run_once(side: str, n: int, inp: Path, out: Path, a: argparse.Namespace, wor
     r["kept"] = kept.height
     r["ids_digest"], r["digest"] = digests(kept["record_id"].to_list(), kept["text"].to_list())
     r["rps"] = n / r["wall"]
+    shutil.rmtree(out / "out")  # the outputs (GBs at 300k); the logs and configs stay in ``out``
     return r
 
 

@@ -250,9 +250,10 @@ def measure(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, max_
                 while not (w := os.wait4(p.pid, os.WNOHANG))[0]:
                     tree = _tree(procs := _procs(), {p.pid}) | _session(procs, p.pid)  # daemonised ones too
                     ext = (cluster.pids(procs) - tree) if cluster else set()
+                    for q in tree | ext:  # CPU time only grows: a process gone since _procs() reads 0, ignored
+                        cpu_last[q] = max(cpu_last.get(q, 0.0), _cpu(q))
                     tree_peak = max(tree_peak, sum(_field(f"/proc/{q}/status", "VmRSS") for q in tree | ext))
                     pss_peak = max(pss_peak, sum(_field(f"/proc/{q}/smaps_rollup", "Pss") for q in tree | ext))
-                    cpu_last.update({q: _cpu(q) for q in tree | ext})
                     if tree_peak > max_rss * 2**30 or time.perf_counter() - t0 > timeout:
                         killed = f"RSS > {max_rss} GiB" if tree_peak > max_rss * 2**30 else f"over {timeout:.0f} s"
                         _kill(tree, signal.SIGKILL)
