@@ -3,7 +3,7 @@
 
     bash benchmarks/dj/build_dj_ray_env.sh /work/dj-ray-venv   # once: Data-Juicer 1.6.1, ray[data] 2.52.0, pandas<3
     PYTHONPATH=. .venv/bin/python benchmarks/bench_ray_dj.py --dj-venv /work/dj-ray-venv \\
-        --sizes 100000,300000 --reps 100000:3,300000:1 --data-dir /tmp/cqia-scale-data --out /tmp/bench_ray_dj.json
+        --sizes 100000,300000 --reps 100000:3,300000:2 --data-dir /tmp/cqia-scale-data --out /tmp/bench_ray_dj.json
 
 Ops: bench_rules_fair.py's (imported, see its docstring): t2s on every record, text length,
 special characters, links and e-mails removed with Data-Juicer's regexes, flagged words, character
