@@ -105,15 +105,22 @@ def _digest(ids: list[str], texts: list[str]) -> str:
 
 # ----------------------------------------------------------------------------- workers
 
-def worker_ours(parquet: str, _aux: str) -> dict:
-    t0 = time.perf_counter()
+def register_transforms(per_record: bool = False) -> None:
+    """Register the bench transform (bench_convert_all) with the framework, once per process.
+    Defined in a function, not at module level, so that cloudpickle ships it by value to Ray
+    workers that cannot import this file (benchmarks/bench_ray_dj.py). ``per_record``: declare it
+    per-record (it is), so that run_pipeline batches it and the Ray engine runs it on its workers;
+    this benchmark leaves it a whole-frame step, as it measured it. Links and e-mails use the
+    package's ``regex_clean`` (per-record already)."""
     sys.path.insert(0, str(ROOT))
-    import polars as pl
+    import dataclasses
 
     import cqia_nb.filter.framework as F
     from cqia_nb.filter.rules import traditional as rules
 
-    import dataclasses
+    if "bench_convert_all" in F.FILTERS:
+        F.FILTERS["bench_convert_all"].per_record = per_record
+        return
 
     @F.register
     @dataclasses.dataclass
@@ -131,6 +138,15 @@ def worker_ours(parquet: str, _aux: str) -> dict:
             after = rules.convert_texts(before, self.config)
             return F.Rewritten(frame.with_columns(after.alias(self.field)), (before != after).fill_null(False))
 
+    ConvertAll.per_record = per_record
+
+
+def worker_ours(parquet: str, _aux: str) -> dict:
+    t0 = time.perf_counter()
+    register_transforms()
+    import polars as pl
+
+    import cqia_nb.filter.framework as F
     from cqia_nb.filter.rules import clean
 
     # links and e-mails: the package's regex_clean with Data-Juicer's own patterns (checked

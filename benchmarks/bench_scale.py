@@ -229,6 +229,50 @@ def _env() -> dict[str, str]:
         "PYTHONPATH": path, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+def measure(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float, max_rss: float,
+            cluster: Cluster | None = None, out: Path | None = None) -> dict:
+    """Run ``cmd`` in a session of its own and measure it (see the docstring): wall, ``ru`` (wait4's
+    rusage: CPU and ru_maxrss of the process and the children it reaped), ``cpu_sampled`` (the CPU
+    every process of its tree, its session and ``cluster`` used during the run, sampled every 0.2 s),
+    the peak sums of RSS and PSS over those processes, the idle cluster's RSS; stdout and stderr
+    (kept in ``out``, default a temporary folder). Killed past ``timeout`` s or ``max_rss`` GiB;
+    whatever it leaves running in its session is killed afterwards."""
+    with contextlib.ExitStack() as stack:
+        if out is None:
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="measure-")))
+        ext0 = cluster.pids(_procs()) if cluster else set()  # the idle cluster
+        idle, cpu0 = sum(_field(f"/proc/{p}/status", "VmRSS") for p in ext0), {p: _cpu(p) for p in ext0}
+        cpu_last, tree_peak, pss_peak, killed, load = dict(cpu0), 0, 0, None, os.getloadavg()[0]
+        with open(out / "stdout", "w+") as fo, open(out / "stderr", "w+") as fe:
+            t0 = time.perf_counter()
+            p = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=cwd, env=env, start_new_session=True)
+            try:
+                while not (w := os.wait4(p.pid, os.WNOHANG))[0]:
+                    tree = _tree(procs := _procs(), {p.pid}) | _session(procs, p.pid)  # daemonised ones too
+                    ext = (cluster.pids(procs) - tree) if cluster else set()
+                    for q in tree | ext:  # CPU time only grows: a process gone since _procs() reads 0, ignored
+                        cpu_last[q] = max(cpu_last.get(q, 0.0), _cpu(q))
+                    tree_peak = max(tree_peak, sum(_field(f"/proc/{q}/status", "VmRSS") for q in tree | ext))
+                    pss_peak = max(pss_peak, sum(_field(f"/proc/{q}/smaps_rollup", "Pss") for q in tree | ext))
+                    if tree_peak > max_rss * 2**30 or time.perf_counter() - t0 > timeout:
+                        killed = f"RSS > {max_rss} GiB" if tree_peak > max_rss * 2**30 else f"over {timeout:.0f} s"
+                        _kill(tree, signal.SIGKILL)
+                    time.sleep(0.2)
+                wall, ru = time.perf_counter() - t0, w[2]
+                p.returncode = os.waitstatus_to_exitcode(w[1])
+            finally:
+                if p.returncode is None:  # interrupted: leave no process behind
+                    _kill(_tree(_procs(), {p.pid}), signal.SIGKILL)
+                    p.wait()
+                _kill(left := _session(_procs(), p.pid), signal.SIGKILL)  # what the run left running (Ray's)
+            fo.seek(0), fe.seek(0)
+            stdout, stderr = fo.read(), fe.read()
+    sampled = sum(max(0.0, cpu_last[q] - cpu0.get(q, 0.0)) for q in cpu_last)  # Ray's workers are not reaped
+    return {"returncode": p.returncode, "killed": killed, "wall": wall, "ru": ru, "cpu_sampled": sampled,
+            "tree_peak": tree_peak, "pss_peak": pss_peak, "cluster_idle_rss": idle, "load_before": load,
+            "left_running": len(left), "stdout": stdout, "stderr": stderr}
+
+
 def run_cli(python: str, engine: str, data: Path, records: int, work: Path, timeout: float, max_rss: float,
             cluster: Cluster | None) -> dict:
     """One fresh `cqia-nb filter` process (see the docstring); its measures or why it failed."""
@@ -236,46 +280,21 @@ def run_cli(python: str, engine: str, data: Path, records: int, work: Path, time
     extra = ENGINES[engine] + (["--address", cluster.address] if engine == "ray" and cluster else [])
     cmd = [python, "-m", "cqia_nb.cli", "filter", "--config", str(RECIPE), "--set", f"input={data}",
            "--set", f"out_dir={out / 'out'}", *extra]
-    ext0 = cluster.pids(_procs()) if cluster and engine == "ray" else set()  # the idle cluster
-    idle, cpu0 = sum(_field(f"/proc/{p}/status", "VmRSS") for p in ext0), {p: _cpu(p) for p in ext0}
-    cpu_last, tree_peak, pss_peak, killed, load = dict(cpu0), 0, 0, None, os.getloadavg()[0]
-    with open(out / "stdout", "w+") as fo, open(out / "stderr", "w+") as fe:
-        t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, cwd=ROOT, env=_env(), start_new_session=True)
-        try:
-            while not (w := os.wait4(p.pid, os.WNOHANG))[0]:
-                tree = _tree(procs := _procs(), {p.pid}) | _session(procs, p.pid)  # daemonised ones too
-                ext = (cluster.pids(procs) - tree) if cluster and engine == "ray" else set()
-                tree_peak = max(tree_peak, sum(_field(f"/proc/{q}/status", "VmRSS") for q in tree | ext))
-                pss_peak = max(pss_peak, sum(_field(f"/proc/{q}/smaps_rollup", "Pss") for q in tree | ext))
-                cpu_last.update({q: _cpu(q) for q in tree | ext})
-                if tree_peak > max_rss * 2**30 or time.perf_counter() - t0 > timeout:
-                    killed = f"RSS > {max_rss} GiB" if tree_peak > max_rss * 2**30 else f"over {timeout:.0f} s"
-                    _kill(tree, signal.SIGKILL)
-                time.sleep(0.2)
-            wall, ru = time.perf_counter() - t0, w[2]
-            p.returncode = os.waitstatus_to_exitcode(w[1])
-        finally:
-            if p.returncode is None:  # interrupted: leave no CLI process behind
-                _kill(_tree(_procs(), {p.pid}), signal.SIGKILL)
-                p.wait()
-            _kill(left := _session(_procs(), p.pid), signal.SIGKILL)  # what the run left running (Ray's)
-        fo.seek(0), fe.seek(0)
-        stdout, stderr = fo.read(), fe.read()
-    res: dict = {"engine": engine, "records": records, "returncode": p.returncode, "load_before": load,
-                 "killed": bool(killed), "left_running": len(left)}
-    if killed or p.returncode:
-        res["failed"] = killed or (stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1][-300:]
+    m = measure(cmd, ROOT, _env(), timeout, max_rss, cluster if engine == "ray" else None, out)
+    ru, stdout, stderr, killed = m["ru"], m["stdout"], m["stderr"], m["killed"]
+    res: dict = {"engine": engine, "records": records, "returncode": m["returncode"], "load_before": m["load_before"],
+                 "killed": bool(killed), "left_running": m["left_running"]}
+    if killed or m["returncode"]:
+        res["failed"] = killed or (stderr.strip().splitlines() or [f"exit {m['returncode']}"])[-1][-300:]
         res["stderr_tail"] = stderr[-3000:]
     else:
-        sampled = sum(max(0.0, cpu_last[q] - cpu0.get(q, 0.0)) for q in cpu_last)  # Ray's workers are not reaped
-        cpu = sampled if engine.startswith("ray") else ru.ru_utime + ru.ru_stime
+        cpu = m["cpu_sampled"] if engine.startswith("ray") else ru.ru_utime + ru.ru_stime
         kept = re.findall(r"\d+ in, (\d+) kept", stdout)  # the summary line: N in, K kept, D dropped
-        peak = tree_peak if engine.startswith("ray") else ru.ru_maxrss * 1024
-        res.update(wall=wall, rps=records / wall, cpu=cpu, peak=peak,
-                   tree_peak=tree_peak, pss_peak=pss_peak, kept=int(kept[-1]) if kept else None)
+        peak = m["tree_peak"] if engine.startswith("ray") else ru.ru_maxrss * 1024
+        res.update(wall=m["wall"], rps=records / m["wall"], cpu=cpu, peak=peak,
+                   tree_peak=m["tree_peak"], pss_peak=m["pss_peak"], kept=int(kept[-1]) if kept else None)
         if cluster and engine == "ray":
-            res["cluster_idle_rss"] = idle
+            res["cluster_idle_rss"] = m["cluster_idle_rss"]
         # a streaming run prints "streaming: STEP kept N bytes a record for its decision (spilled to disk)"
         index = {k: float(v) for k, v in re.findall(r"^streaming: (\S+) kept ([\d.]+) bytes a record", stdout, re.M)}
         res.update(streamed=bool(re.search(r"^streaming: ", stdout, re.M)), index_bytes=index,
