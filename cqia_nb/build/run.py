@@ -93,6 +93,16 @@ class Build:
                                           "train": pl.Int64, "validation": pl.Int64, "distinct_records": pl.Int64,
                                           "tokens": pl.Int64}, orient="row")
 
+    # what the exports read (``exports.export_all``); a streaming build reads its spill instead
+    def empty_target(self, name: str) -> pl.DataFrame:
+        """A target's columns (no rows), as its exported rows have them."""
+        return self.targets[name].frame.clear()
+
+    def feed_targets(self, writers: dict[str, Any]) -> None:
+        """Each target's rows, in order, to ``writers[name].write`` (``exports.TargetWriter``)."""
+        for name, w in writers.items():
+            w.write(self.targets[name].frame)
+
 
 #: Column order of every target frame (and of the exports that carry all columns).
 TARGET_COLUMNS = ("record_id", "subset", "split", "sample", *[c for c in SCHEMA if c != "record_id"],
