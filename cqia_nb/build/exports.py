@@ -200,7 +200,13 @@ class _HFSplit:
             self.keys = []
 
     def _batch(self, frame: pl.DataFrame) -> None:
-        for b in arrow_table(frame.cast(self.empty.schema)).cast(self.schema).combine_chunks().to_batches():  # type: ignore[arg-type]
+        import pyarrow as pa
+
+        table = arrow_table(frame.cast(self.empty.schema)).cast(self.schema)  # type: ignore[arg-type]
+        # fresh buffers: a slice's buffers can be longer than its rows need, and the IPC writer writes
+        # their sizes, so the same rows cut differently would give other bytes
+        table = table.take(pa.array(range(table.num_rows), type=pa.int64())).combine_chunks()
+        for b in table.to_batches():
             self.writer.write_batch(b)
 
     def fingerprint(self) -> str:

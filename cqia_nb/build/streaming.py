@@ -242,7 +242,7 @@ def _run(spec: BuildSpec, seed: int, source: Source, data: InputData, cfg: forma
 
     def kept_batches() -> Iterator[pl.DataFrame]:
         for b in source.batches(batch_rows):
-            yield b.filter(~pl.col("record_id").is_in(gone_ids)) if gone_ids is not None and gone_ids.len() else b
+            yield b.filter(~pl.col("record_id").is_in(gone_ids.implode())) if gone_ids is not None and gone_ids.len() else b
 
     # pass 2: the tiny tokenizer's sample (every k-th kept record, as data.tokens._corpus takes it)
     t = time.perf_counter()
@@ -261,6 +261,8 @@ def _run(spec: BuildSpec, seed: int, source: Source, data: InputData, cfg: forma
     # pass 3: formatting, derived columns, subset masks; full rows to the spill
     masks = {name: f"_m{i}" for i, name in enumerate(specs)}
     later = [n for n, s in specs.items() if s.where and "split" in _where_columns(s)]
+    # the rendered text is in no export: spilled only when a `where` read after the split needs it
+    keep_text = any("text" in _where_columns(specs[n]) for n in later)
     sink = ParquetSink(spill / "rows.parquet")
     light, dropped = [], []
     rep = formatting.TruncationReport(cfg.max_length, cfg.truncation, 0)
@@ -273,16 +275,19 @@ def _run(spec: BuildSpec, seed: int, source: Source, data: InputData, cfg: forma
             setattr(rep, k, getattr(rep, k) + getattr(fmt.report, k))
         dropped.append(fmt.dropped.select("record_id", "reason"))
         base = add_derived(fmt.frame)
-        if empty is None:
-            empty = base.clear()
         probe = base.with_columns(pl.lit(None, dtype=pl.String).alias("split"))
         light.append(base.select("record_id", "source_file", "n_tokens").with_columns(
             [subset_mask(probe, s).alias(masks[n]) for n, s in specs.items() if n not in later]))
+        if not keep_text:
+            base = base.drop("text")
+        if empty is None:
+            empty = base.clear()
         sink.write(base)
     sink.close()
     if empty is None:  # nothing left to format
         fmt = formatting.format_records(source.empty(), cfg, tokenizer)
         empty = add_derived(fmt.frame).clear()
+        empty = empty if keep_text else empty.drop("text")
     base = pl.concat(light) if light else pl.DataFrame(schema={"record_id": pl.String, "source_file": pl.String,
                                                                "n_tokens": pl.Int64})
     fmt_light = formatting.FormatResult(empty.clear(), pl.concat(dropped) if dropped else
