@@ -93,28 +93,40 @@ HF_BATCH_ROWS = 1000
 
 
 class _Rechunk:
-    """Frames in, frames of exactly ``rows`` rows out (the last one shorter, from ``flush``)."""
+    """Rows in (``push`` a frame), Arrow tables of exactly ``rows`` rows out (the last one shorter,
+    from ``flush``), with ``empty``'s columns and ``schema``'s types. Rows wait as Arrow: converting
+    copies a frame's strings, whereas a polars slice or filter keeps views into every string buffer
+    of the batch it came from, so rows held back for a later chunk would keep whole batches alive."""
 
-    def __init__(self, rows: int):
-        self.rows, self.buf, self.n = rows, [], 0
+    def __init__(self, rows: int, empty: pl.DataFrame, schema: Any):
+        self.rows, self.empty, self.schema = rows, empty, schema
+        self.buf: list[Any] = []
+        self.n = 0
 
-    def push(self, frame: pl.DataFrame) -> Iterator[pl.DataFrame]:
-        while frame.height:
-            take = min(self.rows - self.n, frame.height)
-            self.buf.append(frame.slice(0, take))
+    def push(self, frame: pl.DataFrame) -> Iterator[Any]:
+        if frame.height == 0:
+            return
+        table = arrow_table(frame.select(self.empty.columns).cast(self.empty.schema)).cast(self.schema)  # type: ignore[arg-type]
+        while table.num_rows:
+            take = min(self.rows - self.n, table.num_rows)
+            self.buf.append(table.slice(0, take))
             self.n += take
-            frame = frame.slice(take)
+            table = table.slice(take)
             if self.n == self.rows:
                 yield self._take()
 
-    def flush(self) -> Iterator[pl.DataFrame]:
+    def flush(self) -> Iterator[Any]:
         if self.n:
             yield self._take()
 
-    def _take(self) -> pl.DataFrame:
-        out = pl.concat(self.buf, how="vertical") if len(self.buf) > 1 else self.buf[0]
+    def _take(self) -> Any:
+        import pyarrow as pa
+
+        out = pa.concat_tables(self.buf)
         self.buf, self.n = [], 0
-        return out
+        # fresh buffers: a slice's buffers can be longer than its rows need, and the IPC writer writes
+        # their sizes, so the same rows cut differently would give other bytes
+        return out.take(pa.array(range(out.num_rows), type=pa.int64())).combine_chunks()
 
 
 class _Lines:
@@ -151,18 +163,15 @@ class _ParquetRows:
         self.path, self.empty = path, empty
         self.schema = arrow_table(empty).schema
         self.writer = pq.ParquetWriter(path, self.schema, compression="zstd", write_statistics=False)
-        self.chunks = _Rechunk(ROW_GROUP_ROWS)
+        self.chunks = _Rechunk(ROW_GROUP_ROWS, empty, self.schema)
 
     def write(self, frame: pl.DataFrame) -> None:
         for c in self.chunks.push(frame):
-            self._group(c)
-
-    def _group(self, frame: pl.DataFrame) -> None:
-        self.writer.write_table(arrow_table(frame.cast(self.empty.schema)).cast(self.schema).combine_chunks())  # type: ignore[arg-type]
+            self.writer.write_table(c)
 
     def close(self) -> Path:
         for c in self.chunks.flush():
-            self._group(c)
+            self.writer.write_table(c)
         self.writer.close()
         return self.path
 
@@ -178,40 +187,24 @@ class _HFSplit:
         self.path, self.empty, self.schema = path, empty, schema
         self.sink = pa.OSFile(str(path), "wb")
         self.writer = pa.ipc.new_stream(self.sink, schema)
-        self.chunks = _Rechunk(HF_BATCH_ROWS)
+        self.chunks = _Rechunk(HF_BATCH_ROWS, empty, schema)
         self.hash = hashlib.sha256()
-        self.rows, self.started = 0, False
-        self.keys: list[str] = []
+        self.rows = 0
 
     def write(self, frame: pl.DataFrame) -> None:
         key = _fingerprint_key(frame)
-        if key is not None:
-            self.keys.append(key)
-            if len(self.keys) > 64:  # keep the joined keys short: hash them in order as they come
-                self._hash_keys()
+        if key is not None:  # the keys of all rows joined by newlines, hashed as they come
+            self.hash.update((("\n" if self.rows else "") + key).encode("utf-8"))
         self.rows += frame.height
         for c in self.chunks.push(frame):
             self._batch(c)
 
-    def _hash_keys(self) -> None:
-        if self.keys:
-            self.hash.update((("\n" if self.started else "") + "\n".join(self.keys)).encode("utf-8"))
-            self.started = True
-            self.keys = []
-
-    def _batch(self, frame: pl.DataFrame) -> None:
-        import pyarrow as pa
-
-        table = arrow_table(frame.cast(self.empty.schema)).cast(self.schema)  # type: ignore[arg-type]
-        # fresh buffers: a slice's buffers can be longer than its rows need, and the IPC writer writes
-        # their sizes, so the same rows cut differently would give other bytes
-        table = table.take(pa.array(range(table.num_rows), type=pa.int64())).combine_chunks()
+    def _batch(self, table: Any) -> None:
         for b in table.to_batches():
             self.writer.write_batch(b)
 
     def fingerprint(self) -> str:
         """SHA-256 of the rows' keys (``_fingerprint_key``), joined by newlines."""
-        self._hash_keys()
         return self.hash.hexdigest()
 
     def close(self) -> None:

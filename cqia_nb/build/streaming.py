@@ -63,6 +63,7 @@ from cqia_nb.build.run import (
 )
 from cqia_nb.build.spec import BuildSpec, SpecError, SubsetSpec, builtin_subsets, where_expr
 from cqia_nb.build.subsets import add_derived, check_elementwise, subset_mask
+from cqia_nb.core.memory import release_free_memory
 from cqia_nb.core.parquet import ParquetSink, parquet_slices
 from cqia_nb.data.tokens import TokenizerConfig, corpus_stride, corpus_texts, text_chars
 from cqia_nb.filter.streaming import READ_ROWS, STREAM_ABOVE_BYTES, Source
@@ -128,6 +129,8 @@ class StreamBuild(Build):
                     if m.any():
                         writers[name].write(target_frame(b.filter(m).with_columns(
                             pl.lit(name).alias("subset"), pl.lit(0, dtype=pl.Int64).alias("sample"))))
+                del b
+                release_free_memory()
         for name in writers:
             if self.targets[name].kind == "mixture":
                 self._write_mixture(name, writers[name])
@@ -154,11 +157,15 @@ class StreamBuild(Build):
                 if sink is None:
                     sink = sinks[int(k)] = ParquetSink(folder / f"{int(k):06d}.parquet")
                 sink.write(part.drop("_bucket"))
+            del got, want
+            release_free_memory()
         for k in sorted(sinks):
             path = sinks[k].close()
             chunk = pl.read_parquet(path).sort("_pos")
             path.unlink()
             writer.write(target_frame(chunk))
+            del chunk
+            release_free_memory()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -283,6 +290,8 @@ def _run(spec: BuildSpec, seed: int, source: Source, data: InputData, cfg: forma
         if empty is None:
             empty = base.clear()
         sink.write(base)
+        del fmt, base, probe
+        release_free_memory()
     sink.close()
     if empty is None:  # nothing left to format
         fmt = formatting.format_records(source.empty(), cfg, tokenizer)
