@@ -147,7 +147,7 @@ def streamable(flt: Filter | Transform) -> bool:
 def _stage_batches(source: Source, columns: list[str], batch_rows: int | None,
                    batch_bytes: int | None) -> Iterator[pl.DataFrame]:
     for b in source.batches():
-        for o, n in batchparquet_slices(b, columns, batch_rows, batch_bytes):
+        for o, n in batch_slices(b, columns, batch_rows, batch_bytes):
             yield b.slice(o, n)
 
 
