@@ -194,7 +194,11 @@ def cmd_build(args: argparse.Namespace) -> int:
                              "this folder holds something else")
     check_writable(out.parent)  # before the build; export_all replaces a previous build only once complete
     source = spec.input or "bundled"
-    streaming = spec.streaming if spec.streaming is not None else subsets.input_bytes(source) > STREAM_ABOVE_BYTES
+    streaming = spec.streaming
+    if streaming is None and subsets.input_bytes(source) > STREAM_ABOVE_BYTES:
+        streaming = True
+        print(f"note: streaming (the input's parquet files exceed {STREAM_ABOVE_BYTES / 2**30:g} GiB; "
+              "--no-streaming to hold them in memory)", file=sys.stderr)
     if streaming:
         build = subsets.run_build_streaming(spec, spill_dir=spec.spill_dir or out.parent)
     else:

@@ -23,7 +23,10 @@ One call per format, all from the same target frame (``subsets.TARGET_COLUMNS``:
 Bytes are deterministic: JSON with a fixed key order (the column order), ``ensure_ascii=False``,
 compact separators, ``\\n`` line ends; U+2028, U+2029 and U+0085 are written as ``\\u`` escapes
 so that no line-splitting reader (Python's ``str.splitlines``) can break a record; Parquet without
-timestamps; HF datasets with a content-derived fingerprint instead of a random one.
+timestamps; HF datasets with a content-derived fingerprint instead of a random one. Every per-target
+file is written by ``TargetWriter`` as rows arrive (Parquet in row groups of ``ROW_GROUP_ROWS``, the
+hf Arrow stream in batches of ``HF_BATCH_ROWS``), so a build fed one frame and one fed batch by batch
+(``cqia-nb build --streaming``, :mod:`cqia_nb.build.streaming`) give the same bytes.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def test_cli_streaming_flag_and_setting_give_the_same_files(tmp_path, capsys, mo
     assert "`streaming` must be true, false or null" in capsys.readouterr().err
 
 
-def test_cli_streams_by_itself_above_the_threshold(tmp_path, monkeypatch):
+def test_cli_streams_by_itself_above_the_threshold(tmp_path, capsys, monkeypatch):
     from conftest import parquet_shards
 
     parquet_shards(load_frame("bundled"), tmp_path / "shards", 2)
@@ -177,7 +177,7 @@ def test_cli_streams_by_itself_above_the_threshold(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "STREAM_ABOVE_BYTES", 1000)  # the shards are larger than this
     args = ["build", "--config", str(spec), "--input", str(tmp_path / "shards")]
     assert main([*args, "--set", f"out_dir={tmp_path / 'auto'}"]) == 0
-    assert len(calls) == 1
+    assert len(calls) == 1 and "note: streaming (the input's parquet files exceed" in capsys.readouterr().err
     assert main([*args, "--no-streaming", "--set", f"out_dir={tmp_path / 'mem'}"]) == 0
     assert len(calls) == 1  # --no-streaming: in memory
     assert_same_build_files(tmp_path / "mem", tmp_path / "auto")
