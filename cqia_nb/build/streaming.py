@@ -51,7 +51,6 @@ from cqia_nb.build import contamination as C
 from cqia_nb.build import formatting
 from cqia_nb.build.mixture import assign_split
 from cqia_nb.build.run import (
-    TARGET_COLUMNS,
     Build,
     InputData,
     check_records_file,
