@@ -177,7 +177,7 @@ def cmd_filter(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
 
-    flags = {"seed": args.seed, "input": args.input, "out_dir": args.out_dir}
+    flags = {"seed": args.seed, "input": args.input, "out_dir": args.out_dir, "streaming": args.streaming}
     # a bad spec fails here, before the input is read
     spec = subsets.BuildSpec.from_yaml(args.config, cli_overrides(flags, args.overrides, error=subsets.SpecError))
     if spec.out_dir is None:
@@ -193,10 +193,23 @@ def cmd_build(args: argparse.Namespace) -> int:
             raise ValueError(f"{out}: --force replaces only a previous build (with {exports.MANIFEST}); "
                              "this folder holds something else")
     check_writable(out.parent)  # before the build; export_all replaces a previous build only once complete
-    build = subsets.run_build(spec)
+    source = spec.input or "bundled"
+    streaming = spec.streaming
+    if streaming is None and subsets.input_bytes(source) > STREAM_ABOVE_BYTES:
+        streaming = True
+        print(f"note: streaming (the input's parquet files exceed {STREAM_ABOVE_BYTES / 2**30:g} GiB; "
+              "--no-streaming to hold them in memory)", file=sys.stderr)
+    if streaming:
+        build = subsets.run_build_streaming(spec, spill_dir=spec.spill_dir or out.parent)
+    else:
+        build = subsets.run_build(spec)
     if build.contamination is None and build.contamination_note:
         print(f"note: contamination check {build.contamination_note}", file=sys.stderr)
-    hashes = exports.export_all(build, out)
+    try:
+        hashes = exports.export_all(build, out)
+    finally:
+        if streaming:
+            build.close()  # type: ignore[attr-defined]
     for rel, digest in hashes.items():
         print(f"{digest}  {(out / rel).as_posix()}")
     return 0
@@ -344,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, metavar="S", help="older form of --set seed=S")
     p.add_argument("--input", metavar="INPUT", help="older form of --set input=INPUT")
     p.add_argument("--force", action="store_true", help="replace a previous build in out_dir")
+    p.add_argument("--streaming", dest="streaming", action="store_const", const=True, default=None,
+                   help="one batch of records in memory at a time, the formatted records spilled to disk beside "
+                        "OUT_DIR (same output files); default: when the input's parquet files exceed 2 GiB "
+                        "(--set streaming=true/false, spill_dir=DIR)")
+    p.add_argument("--no-streaming", dest="streaming", action="store_const", const=False,
+                   help="hold every record in memory, whatever the input's size")
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="older form of --set out_dir=OUT_DIR")
     p.set_defaults(func=cmd_build)
 

@@ -285,3 +285,12 @@ def assert_same_output_files(a: Path, b: Path) -> None:
     assert_frames_identical(pl.read_csv(a / "steps.csv").drop("seconds"), pl.read_csv(b / "steps.csv").drop("seconds"),
                             "steps.csv")
     assert (a / "pipeline.json").read_text() == (b / "pipeline.json").read_text()
+
+
+def assert_same_build_files(a: Path, b: Path) -> None:
+    """Two `cqia-nb build` output folders hold the same files with the same bytes, file by file."""
+    fa = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    fb = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    assert fa == fb, f"different files: only in {a.name}: {sorted(set(fa) - set(fb))}, only in {b.name}: {sorted(set(fb) - set(fa))}"
+    differ = [f for f in fa if (a / f).read_bytes() != (b / f).read_bytes()]
+    assert not differ, f"{len(differ)} of {len(fa)} files differ: {differ[:10]}"

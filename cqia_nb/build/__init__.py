@@ -72,6 +72,7 @@ from cqia_nb.build.run import (  # noqa: F401
     InputData,
     Target,
     load_input,
+    parquet_input,
     run_build,
 )
 from cqia_nb.build.spec import (  # noqa: F401
@@ -89,10 +90,18 @@ from cqia_nb.build.spec import (  # noqa: F401
     builtin_subsets,
     where_expr,
 )
+from cqia_nb.build.streaming import (  # noqa: F401
+    STREAM_ABOVE_BYTES,
+    StreamBuild,
+    input_bytes,
+    run_build_streaming,
+)
 from cqia_nb.build.subsets import (  # noqa: F401
     DERIVED_COLUMNS,
     add_derived,
+    check_elementwise,
     group_of,
     quality_tier,
     select,
+    subset_mask,
 )

@@ -484,11 +484,25 @@ class ContaminationReport:
                 f"{items:,} eval items contaminated")
 
 
+#: The first training occurrence of each matched n-gram: its hash, text and record.
+HITS_SCHEMA: dict[str, pl.DataType] = {"h": pl.UInt64, "gram": pl.String, "record_id": pl.String}
+
+
 def check(frame: pl.DataFrame, index: EvalIndex | EvalSets, fields: Sequence[str] = TRAIN_FIELDS
           ) -> ContaminationReport:
     """Overlap of every training record (``frame``, needs record_id) with the indexed eval sets."""
     if not isinstance(index, EvalIndex):
         index = build_index(index)
+    records, hits = check_records(frame, index, fields)
+    return eval_side(index, records, hits, fields)
+
+
+def check_records(frame: pl.DataFrame, index: EvalIndex, fields: Sequence[str] = TRAIN_FIELDS
+                  ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The training side of ``check``, record by record, so it can run a batch at a time: one row
+    per record (``RECORD_SCHEMA``) and the first occurrence of each matched n-gram (``HITS_SCHEMA``).
+    Batches' results concatenated (hits: first occurrence kept, ``merge_hits``) give ``eval_side``
+    what one call on all the records gives."""
     missing = [f for f in ("record_id", *fields) if f not in frame.columns]
     if missing:
         raise ValueError(f"the training frame has no column(s) {missing}; its columns: {frame.columns}")
@@ -520,22 +534,35 @@ def check(frame: pl.DataFrame, index: EvalIndex | EvalSets, fields: Sequence[str
                       pl.when(pl.col("ngrams") > 0).then(pl.col("overlap_ngrams") / pl.col("ngrams"))
                       .otherwise(0.0).alias("overlap_ratio"))
         .select(list(RECORD_SCHEMA)))
+    rid = frame["record_id"]
+    first = (pl.DataFrame({"h": g.hashes[hi], "gram": grams, "record_id": rid.gather(rec_hit) if hi.size else []},
+                          schema=HITS_SCHEMA).unique("h", keep="first", maintain_order=True))
+    return records, first
+
+
+def merge_hits(parts: Sequence[pl.DataFrame]) -> pl.DataFrame:
+    """``check_records``'s hits of consecutive batches, as one call on all of them gives."""
+    if not parts:
+        return pl.DataFrame(schema=HITS_SCHEMA)
+    return pl.concat(parts).unique("h", keep="first", maintain_order=True)
+
+
+def eval_side(index: EvalIndex, records: pl.DataFrame, hits: pl.DataFrame, fields: Sequence[str] = TRAIN_FIELDS
+              ) -> ContaminationReport:
+    """The evaluation side of ``check`` from its training side (``check_records``)."""
+    names = index.set_names
     # eval side: items whose n-grams occur in the training data
-    matched = np.unique(g.hashes[hi])
+    matched = np.unique(hits["h"].to_numpy())
     m = np.isin(index.item_hashes, matched, assume_unique=False) if matched.size else np.zeros(index.item_hashes.size, bool)
     item_overlap = np.bincount(index.item_owner[m], minlength=index.items.height)
     ex_pos = {}
-    if hi.size:
+    if hits.height:
         # one example n-gram (and a training record) per contaminated item
-        gram_of_hash = pl.DataFrame({"h": g.hashes[hi], "gram": grams, "rec": rec_hit},
-                                    schema={"h": pl.UInt64, "gram": pl.String, "rec": pl.Int64}).unique("h", keep="first",
-                                                                                                       maintain_order=True)
         ih = pl.DataFrame({"item": index.item_owner[m], "h": index.item_hashes[m]},
                           schema={"item": pl.Int64, "h": pl.UInt64})
-        ex = (ih.join(gram_of_hash, on="h", how="inner").group_by("item")
-              .agg(pl.col("gram").first(), pl.col("rec").first()).sort("item"))
-        rid = frame["record_id"]
-        ex_pos = {i: (gm, rid[int(r)]) for i, gm, r in ex.iter_rows()}
+        ex = (ih.join(hits, on="h", how="inner").group_by("item")
+              .agg(pl.col("gram").first(), pl.col("record_id").first()).sort("item"))
+        ex_pos = {i: (gm, r) for i, gm, r in ex.iter_rows()}
     items = index.items.with_columns(pl.Series("overlap_ngrams", item_overlap, dtype=pl.Int64))
     items = items.with_columns(
         pl.when(pl.col("ngrams") > 0).then(pl.col("overlap_ngrams") / pl.col("ngrams")).otherwise(0.0)

@@ -23,21 +23,27 @@ One call per format, all from the same target frame (``subsets.TARGET_COLUMNS``:
 Bytes are deterministic: JSON with a fixed key order (the column order), ``ensure_ascii=False``,
 compact separators, ``\\n`` line ends; U+2028, U+2029 and U+0085 are written as ``\\u`` escapes
 so that no line-splitting reader (Python's ``str.splitlines``) can break a record; Parquet without
-timestamps; HF datasets with a content-derived fingerprint instead of a random one.
+timestamps; HF datasets with a content-derived fingerprint instead of a random one. Every per-target
+file is written by ``TargetWriter`` as rows arrive (Parquet in row groups of ``ROW_GROUP_ROWS``, the
+hf Arrow stream in batches of ``HF_BATCH_ROWS``), so a build fed one frame and one fed batch by batch
+(``cqia-nb build --streaming``, :mod:`cqia_nb.build.streaming`) give the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import polars as pl
 
 from cqia_nb.build.formatting import token_stats
 from cqia_nb.core.atomic import staged_folder
+from cqia_nb.core.parquet import arrow_table
 
 SPLITS = ("train", "validation")
 _LINE_BREAKS = ("\u2028", "\u2029", "\u0085")
@@ -77,36 +83,301 @@ def json_lines(frame: pl.DataFrame) -> list[str]:
     return s.to_list()
 
 
-def _write_lines(path: Path, lines: Iterable[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for line in lines:
-            f.write(line)
-            f.write("\n")
-    return path
-
-
-def _write_json_array(path: Path, lines: list[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        if not lines:
-            f.write("[]\n")
-        else:
-            f.write("[\n")
-            f.write(",\n".join(lines))
-            f.write("\n]\n")
-    return path
-
-
 def _write_json(path: Path, obj: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8", newline="\n")
     return path
 
 
+#: Rows per Parquet row group and per Arrow record batch of the hf export: fixed, so that a build written
+#: from one frame and one written batch by batch (``cqia-nb build --streaming``) have the same bytes.
+ROW_GROUP_ROWS = 4096
+HF_BATCH_ROWS = 1000
+
+
+class _Rechunk:
+    """Rows in (``push`` a frame), Arrow tables of exactly ``rows`` rows out (the last one shorter,
+    from ``flush``), with ``empty``'s columns and ``schema``'s types. Rows wait as Arrow: converting
+    copies a frame's strings, whereas a polars slice or filter keeps views into every string buffer
+    of the batch it came from, so rows held back for a later chunk would keep whole batches alive."""
+
+    def __init__(self, rows: int, empty: pl.DataFrame, schema: Any):
+        self.rows, self.empty, self.schema = rows, empty, schema
+        self.buf: list[Any] = []
+        self.n = 0
+
+    def push(self, frame: pl.DataFrame) -> Iterator[Any]:
+        if frame.height == 0:
+            return
+        table = arrow_table(frame.select(self.empty.columns).cast(self.empty.schema)).cast(self.schema)  # type: ignore[arg-type]
+        while table.num_rows:
+            take = min(self.rows - self.n, table.num_rows)
+            self.buf.append(table.slice(0, take))
+            self.n += take
+            table = table.slice(take)
+            if self.n == self.rows:
+                yield self._take()
+
+    def flush(self) -> Iterator[Any]:
+        if self.n:
+            yield self._take()
+
+    def _take(self) -> Any:
+        import pyarrow as pa
+
+        out = pa.concat_tables(self.buf)
+        self.buf, self.n = [], 0
+        # fresh buffers: a slice's buffers can be longer than its rows need, and the IPC writer writes
+        # their sizes, so the same rows cut differently would give other bytes
+        return out.take(pa.array(range(out.num_rows), type=pa.int64())).combine_chunks()
+
+
+class _Lines:
+    """A text file written line by line; ``array`` writes a JSON array (``[]`` when empty)."""
+
+    def __init__(self, path: Path, array: bool = False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.array, self.n = path, array, 0
+        self.f = open(path, "w", encoding="utf-8", newline="\n")
+
+    def write(self, lines: list[str]) -> None:
+        for line in lines:
+            if self.array:
+                self.f.write("[\n" if self.n == 0 else ",\n")
+            self.f.write(line)
+            if not self.array:
+                self.f.write("\n")
+            self.n += 1
+
+    def close(self) -> Path:
+        if self.array:
+            self.f.write("[]\n" if self.n == 0 else "\n]\n")
+        self.f.close()
+        return self.path
+
+
+class _ParquetRows:
+    """One Parquet file (zstd, no statistics) in row groups of ``ROW_GROUP_ROWS`` rows."""
+
+    def __init__(self, path: Path, empty: pl.DataFrame):
+        import pyarrow.parquet as pq
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.empty = path, empty
+        self.schema = arrow_table(empty).schema
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd", write_statistics=False)
+        self.chunks = _Rechunk(ROW_GROUP_ROWS, empty, self.schema)
+
+    def write(self, frame: pl.DataFrame) -> None:
+        for c in self.chunks.push(frame):
+            self.writer.write_table(c)
+
+    def close(self) -> Path:
+        for c in self.chunks.flush():
+            self.writer.write_table(c)
+        self.writer.close()
+        return self.path
+
+
+class _HFSplit:
+    """One split of a ``save_to_disk`` folder: the Arrow stream written in record batches of
+    ``HF_BATCH_ROWS`` rows, the fingerprint (``_fingerprint``) hashed as the rows come."""
+
+    def __init__(self, path: Path, name: str, split: str, empty: pl.DataFrame, schema: Any):
+        import pyarrow as pa
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.empty, self.schema = path, empty, schema
+        self.sink = pa.OSFile(str(path), "wb")
+        self.writer = pa.ipc.new_stream(self.sink, schema)
+        self.chunks = _Rechunk(HF_BATCH_ROWS, empty, schema)
+        self.hash = hashlib.sha256()
+        self.rows = 0
+
+    def write(self, frame: pl.DataFrame) -> None:
+        key = _fingerprint_key(frame)
+        if key is not None:  # the keys of all rows joined by newlines, hashed as they come
+            self.hash.update((("\n" if self.rows else "") + key).encode("utf-8"))
+        self.rows += frame.height
+        for c in self.chunks.push(frame):
+            self._batch(c)
+
+    def _batch(self, table: Any) -> None:
+        for b in table.to_batches():
+            self.writer.write_batch(b)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the rows' keys (``_fingerprint_key``), joined by newlines."""
+        return self.hash.hexdigest()
+
+    def close(self) -> None:
+        for c in self.chunks.flush():
+            self._batch(c)
+        self.writer.close()
+        self.sink.close()
+
+
+def _fingerprint_key(part: pl.DataFrame) -> str | None:
+    cols = [c for c in ("record_id", "sample", "n_tokens", "truncated") if c in part.columns]
+    if not part.height or not cols:
+        return None
+    return part.select(pl.concat_str([pl.col(c).cast(pl.String) for c in cols]
+                                     + [pl.col(c).str.len_bytes().cast(pl.String)
+                                        for c in ("instruction", "input", "output") if c in part.columns],
+                                     separator="\x1f").str.join("\n")).item()
+
+
+def _fingerprint(name: str, split: str, rows: int, keys_digest: str) -> str:
+    """A content-derived ``datasets`` fingerprint (its default is random, which would change the
+    bytes of state.json on every run): SHA-256 of the split's row count and of the rows' ids, repeat
+    numbers, token counts and text lengths (a cache key for ``datasets``, not a checksum: the card
+    lists the files' SHA-256)."""
+    return hashlib.sha256(f"{name}\x1f{split}\x1f{rows}\x1f{keys_digest}".encode()).hexdigest()[:16]
+
+
+def _hf_schema(empty: pl.DataFrame, scratch: Path) -> Any:
+    """The Arrow schema (with the ``huggingface`` features metadata) ``datasets`` writes for ``empty``'s columns."""
+    import pyarrow as pa
+
+    _save_hf({"train": (empty, "0")}, scratch)
+    with pa.OSFile(str(scratch / "train" / HF_DATA_FILE), "rb") as f:
+        schema = pa.ipc.open_stream(f).schema
+    shutil.rmtree(scratch)
+    return schema
+
+
+HF_DATA_FILE = "data-00000-of-00001.arrow"
+
+
+def _save_hf(splits: dict[str, tuple[pl.DataFrame, str]], path: Path) -> None:
+    """``DatasetDict.save_to_disk`` of empty datasets (split -> (empty frame, fingerprint)): the
+    metadata files; the data files are then written by ``_HFSplit``."""
+    import datasets
+    from datasets.table import InMemoryTable
+
+    dd = datasets.DatasetDict({s: datasets.Dataset(InMemoryTable(arrow_table(empty)), split=datasets.NamedSplit(s),
+                                                   fingerprint=fp) for s, (empty, fp) in splits.items()})
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        if path.exists():
+            shutil.rmtree(path)
+        dd.save_to_disk(str(path), num_shards={s: 1 for s in splits})
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
+class TargetWriter:
+    """Every per-target file of ``formats`` for one target, written from its rows batch by batch
+    (``write`` with frames of ``TARGET_COLUMNS``, in output order; ``close`` when done). Splits:
+    train always, validation when it has rows (as ``_splits``). The bytes do not depend on how the
+    rows are cut into batches."""
+
+    def __init__(self, name: str, out: Path, formats: Iterable[str], empty: pl.DataFrame,
+                 timings: dict[str, float] | None = None):
+        self.name, self.out, self.formats, self.empty = name, Path(out), tuple(formats), empty
+        self.timings = timings if timings is not None else {}
+        self.files: dict[tuple[str, str], Any] = {}
+        self.parquet = None
+        self.system = False
+        self.hf_schema = None
+        self.seen: list[str] = []
+        if "parquet" in self.formats:
+            self.parquet = self._timed("parquet", lambda: _ParquetRows(self.out / "parquet" / f"{name}.parquet",
+                                                                       record_frame(empty)))
+        if "hf" in self.formats:
+            self.hf_schema = self._timed("hf", lambda: _hf_schema(empty, self.out / "hf" / f".{name}.schema"))
+
+    def _timed(self, fmt: str, fn):
+        t = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.timings[fmt] = self.timings.get(fmt, 0.0) + time.perf_counter() - t
+
+    def _file(self, fmt: str, split: str):
+        key = (fmt, split)
+        f = self.files.get(key)
+        if f is None:
+            if split not in self.seen:
+                self.seen.append(split)
+            name = self.name
+            if fmt == "jsonl":
+                f = _Lines(self.out / "jsonl" / name / f"{split}.jsonl")
+            elif fmt == "trl":
+                f = _Lines(self.out / "trl" / name / f"{split}.jsonl")
+            elif fmt in ("alpaca", "sharegpt"):
+                f = _Lines(self.out / "llamafactory" / f"{name}.{fmt}.{split}.json", array=True)
+            else:  # hf
+                f = _HFSplit(self.out / "hf" / f".{name}.{split}.arrow", name, split, self.empty, self.hf_schema)
+            self.files[key] = f
+        return f
+
+    def _fmts(self) -> list[str]:
+        out = [f for f in ("jsonl", "trl", "hf") if f in self.formats]
+        return out + (["alpaca", "sharegpt"] if "llamafactory" in self.formats else [])
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if self.parquet is not None:
+            self._timed("parquet", lambda: self.parquet.write(record_frame(frame)))
+        for s, part in _splits(frame):
+            if part.height == 0:
+                continue
+            self._part(s, part)
+
+    def _part(self, s: str, part: pl.DataFrame) -> None:
+        if "jsonl" in self.formats:
+            self._timed("jsonl", lambda: self._file("jsonl", s).write(json_lines(record_frame(part))))
+        if "trl" in self.formats:
+            self._timed("trl", lambda: self._file("trl", s).write(json_lines(trl_frame(part))))
+        if "hf" in self.formats:
+            self._timed("hf", lambda: self._file("hf", s).write(part))
+        if "llamafactory" in self.formats:
+            def lf() -> None:
+                self.system = self.system or _system_of(part) is not None
+                self._file("alpaca", s).write(json_lines(alpaca_frame(part)))
+                self._file("sharegpt", s).write(json_lines(sharegpt_frame(part)))
+            self._timed("llamafactory", lf)
+
+    def close(self) -> list[Path]:
+        """Close every file (train ones written empty when the target has no train rows); the paths written."""
+        for fmt in self._fmts():
+            self._file(fmt, "train")
+        splits = [s for s in SPLITS if s in self.seen]
+        paths: list[Path] = []
+        if self.parquet is not None:
+            paths.append(self._timed("parquet", self.parquet.close))
+        for (fmt, _), f in sorted(self.files.items()):
+            if fmt != "hf":
+                paths.append(self._timed("llamafactory" if fmt in ("alpaca", "sharegpt") else fmt, f.close))
+        if "hf" in self.formats:
+            paths += self._timed("hf", lambda: self._close_hf(splits))
+        return paths
+
+    def splits(self) -> list[str]:
+        """The splits written so far, train first."""
+        return [s for s in SPLITS if s in self.seen]
+
+    def _close_hf(self, splits: list[str]) -> list[Path]:
+        path = self.out / "hf" / self.name
+        parts = {s: self.files[("hf", s)] for s in splits}
+        for p in parts.values():
+            p.close()
+        _save_hf({s: (self.empty, _fingerprint(self.name, s, p.rows, p.fingerprint())) for s, p in parts.items()}, path)
+        for s, p in parts.items():
+            os.replace(p.path, path / s / HF_DATA_FILE)
+        return sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def _one_target(frame: pl.DataFrame, name: str, out_dir: str | Path, fmt: str) -> list[Path]:
+    w = TargetWriter(name, Path(out_dir), (fmt,), frame.clear())
+    w.write(frame)
+    return w.close()
+
+
 def export_jsonl(frame: pl.DataFrame, name: str, out_dir: str | Path) -> list[Path]:
-    out = Path(out_dir) / "jsonl" / name
-    return [_write_lines(out / f"{s}.jsonl", json_lines(record_frame(part))) for s, part in _splits(frame)]
+    return _one_target(frame, name, out_dir, "jsonl")
 
 
 def read_jsonl(path: str | Path, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
@@ -118,24 +389,7 @@ def read_jsonl(path: str | Path, schema: dict[str, pl.DataType] | None = None) -
 
 
 def export_parquet(frame: pl.DataFrame, name: str, out_dir: str | Path) -> list[Path]:
-    path = Path(out_dir) / "parquet" / f"{name}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record_frame(frame).write_parquet(path, compression="zstd", statistics=False)
-    return [path]
-
-
-def _fingerprint(name: str, split: str, part: pl.DataFrame) -> str:
-    """A content-derived ``datasets`` fingerprint (its default is random, which would change the
-    bytes of state.json on every run): SHA-256 of the rows' ids, repeat numbers, token counts and
-    text lengths (a cache key for ``datasets``, not a checksum: the card lists the files' SHA-256)."""
-    h = hashlib.sha256(f"{name}\x1f{split}\x1f{part.height}\x1f".encode())
-    cols = [c for c in ("record_id", "sample", "n_tokens", "truncated") if c in part.columns]
-    key = part.select(pl.concat_str([pl.col(c).cast(pl.String) for c in cols]
-                                    + [pl.col(c).str.len_bytes().cast(pl.String)
-                                       for c in ("instruction", "input", "output") if c in part.columns],
-                                    separator="\x1f").str.join("\n")).item() if part.height and cols else ""
-    h.update((key or "").encode("utf-8"))
-    return h.hexdigest()[:16]
+    return _one_target(frame, name, out_dir, "parquet")
 
 
 def record_frame(frame: pl.DataFrame) -> pl.DataFrame:
@@ -145,26 +399,8 @@ def record_frame(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def export_hf(frame: pl.DataFrame, name: str, out_dir: str | Path) -> list[Path]:
-    """``DatasetDict`` saved with ``save_to_disk`` (one shard per split, deterministic bytes)."""
-    import datasets
-    from datasets.table import InMemoryTable
-
-    path = Path(out_dir) / "hf" / name
-    splits = {}
-    for s, part in _splits(frame):
-        fp = _fingerprint(name, s, part)
-        splits[s] = datasets.Dataset(InMemoryTable(part.to_arrow()), split=datasets.NamedSplit(s), fingerprint=fp)
-    dd = datasets.DatasetDict(splits)
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        if path.exists():
-            shutil.rmtree(path)
-        dd.save_to_disk(str(path), num_shards={s: 1 for s in splits})
-    finally:
-        if was:
-            datasets.enable_progress_bars()
-    return sorted(p for p in path.rglob("*") if p.is_file())
+    """``DatasetDict`` in the ``save_to_disk`` layout (one shard per split, deterministic bytes)."""
+    return _one_target(frame, name, out_dir, "hf")
 
 
 def read_hf(path: str | Path) -> dict[str, pl.DataFrame]:
@@ -180,8 +416,7 @@ def trl_frame(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def export_trl(frame: pl.DataFrame, name: str, out_dir: str | Path) -> list[Path]:
-    out = Path(out_dir) / "trl" / name
-    return [_write_lines(out / f"{s}.jsonl", json_lines(trl_frame(part))) for s, part in _splits(frame)]
+    return _one_target(frame, name, out_dir, "trl")
 
 
 def _system_of(frame: pl.DataFrame) -> pl.Expr | None:
@@ -237,18 +472,14 @@ def llamafactory_entries(name: str, splits: Iterable[str], system: bool) -> dict
 
 def export_llamafactory(targets: dict[str, pl.DataFrame], out_dir: str | Path) -> list[Path]:
     """Alpaca and sharegpt files for every target and one ``dataset_info.json`` naming them all."""
-    out = Path(out_dir) / "llamafactory"
     paths: list[Path] = []
     info: dict[str, Any] = {}
     for name, frame in targets.items():
-        present = []
-        system = _system_of(frame) is not None
-        for s, part in _splits(frame):
-            present.append(s)
-            paths.append(_write_json_array(out / f"{name}.alpaca.{s}.json", json_lines(alpaca_frame(part))))
-            paths.append(_write_json_array(out / f"{name}.sharegpt.{s}.json", json_lines(sharegpt_frame(part))))
-        info.update(llamafactory_entries(name, present, system))
-    paths.append(_write_json(out / "dataset_info.json", info))
+        w = TargetWriter(name, Path(out_dir), ("llamafactory",), frame.clear())
+        w.write(frame)
+        paths += w.close()
+        info.update(llamafactory_entries(name, w.splits(), w.system))
+    paths.append(_write_json(Path(out_dir) / "llamafactory" / "dataset_info.json", info))
     return paths
 
 
@@ -437,23 +668,20 @@ def export_all(build: Any, out_dir: str | Path, formats: Iterable[str] | None = 
 
 def _export_into(build: Any, out: Path, formats: Iterable[str] | None,
                  timings: dict[str, float] | None) -> dict[str, str]:
-    import time
-
     formats = tuple(formats or build.spec.exports)
     written: list[Path] = []
-    frames = {name: t.frame for name, t in build.targets.items()}
     timings = timings if timings is not None else {}
-    per_target = {"jsonl": export_jsonl, "parquet": export_parquet, "hf": export_hf, "trl": export_trl}
-    for fmt, fn in per_target.items():
-        if fmt in formats:
-            t = time.perf_counter()
-            for name, frame in frames.items():
-                written += fn(frame, name, out)
-            timings[fmt] = time.perf_counter() - t
-    if "llamafactory" in formats:
-        t = time.perf_counter()
-        written += export_llamafactory(frames, out)
-        timings["llamafactory"] = time.perf_counter() - t
+    per_target = [f for f in ("jsonl", "parquet", "hf", "trl", "llamafactory") if f in formats]
+    if per_target:
+        writers = {name: TargetWriter(name, out, per_target, build.empty_target(name), timings)
+                   for name in build.targets}
+        build.feed_targets(writers)  # in memory: each target's frame; streaming: batches from the spill
+        info: dict[str, Any] = {}
+        for name, w in writers.items():
+            written += w.close()
+            info.update(llamafactory_entries(name, w.splits(), w.system))
+        if "llamafactory" in formats:
+            written.append(_write_json(out / "llamafactory" / "dataset_info.json", info))
     t = time.perf_counter()
     written.append(_write_json(out / MANIFEST, manifest(build)))
     hashes = {p.relative_to(out).as_posix(): sha256_file(p) for p in written}

@@ -50,7 +50,7 @@ from cqia_nb.core.atomic import atomic_file
 from cqia_nb.core.chat import NAMED_TEMPLATES, messages_expr, render_expr
 from cqia_nb.core.overrides import unknown_keys_message
 from cqia_nb.core.paths import cache_dir
-from cqia_nb.data.tokens import TokenizerConfig, tiny_tokenizer
+from cqia_nb.data.tokens import TokenizerConfig, tiny_tokenizer, tiny_tokenizer_for
 
 TRUNCATION_POLICIES = ("keep", "drop", "truncate_output")
 
@@ -98,17 +98,20 @@ def add_messages(frame: pl.DataFrame, system: str | None = None) -> pl.DataFrame
 
 
 def load_tokenizer(name: str = "tiny", frame: pl.DataFrame | None = None, vocab_size: int = 4000,
-                   transformers_wrapper: bool = False):
+                   transformers_wrapper: bool = False, texts: list[str] | None = None):
     """The tiny BPE trained on ``frame`` (cached; a ``tokenizers.Tokenizer``, or a ``transformers``
     fast tokenizer with ``transformers_wrapper=True``), or ``AutoTokenizer`` for a HF name/path.
+    ``texts``: the tiny one's training sample already drawn (``data.tokens.corpus_texts``), for a
+    frame that is not in memory (``cqia-nb build --streaming``).
 
     The tiny one has no chat template: use it with a named template (importing transformers
     costs ~1 s, which the raw tokenizer avoids)."""
     if name == "tiny":
-        if frame is None:
+        if frame is None and texts is None:
             raise FormattingError("tokenizer 'tiny' is trained on the data: pass the frame")
 
-        tok = tiny_tokenizer(frame, TokenizerConfig(vocab_size=vocab_size))
+        cfg = TokenizerConfig(vocab_size=vocab_size)
+        tok = tiny_tokenizer(frame, cfg) if texts is None else tiny_tokenizer_for(texts, cfg)
         if not transformers_wrapper:
             return tok
         from transformers import PreTrainedTokenizerFast

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import polars as pl
 
@@ -16,7 +16,9 @@ from cqia_nb.build.spec import BuildSpec, MixtureSpec, SpecError, SubsetSpec, bu
 from cqia_nb.build.subsets import add_derived, select
 from cqia_nb.data.load import LoadConfig, load
 from cqia_nb.data.schema import SCHEMA
+from cqia_nb.core.parquet import parquet_files
 from cqia_nb.filter.outputs import read_kept
+from cqia_nb.filter.streaming import Source
 
 
 @dataclass
@@ -28,19 +30,45 @@ class InputData:
     files: pl.DataFrame | None = None  # LoadResult.files for a dataset folder
     problems: int = 0
     rejected: int = 0
+    paths: list[Path] | None = None    # the parquet files of a parquet input
+
+
+def parquet_input(source: str) -> InputData | None:
+    """The parquet INPUT of a build, its records not read (``frame`` holds none): a filter output folder
+    or its kept.parquet ("filter-output", with the folder's steps.csv), or a folder of parquet shards
+    ("parquet"); None when ``source`` is not parquet. ``Source(files=...)`` reads the records."""
+    p = Path(source).expanduser()
+    files = parquet_files(p) if source != "bundled" else None
+    if files is None:
+        return None
+    if p.suffix == ".parquet" or (p / "kept.parquet").is_file():
+        folder = p.parent if p.suffix == ".parquet" else p
+        steps_path = folder / "steps.csv"
+        steps = pl.read_csv(steps_path) if steps_path.is_file() else None
+        return InputData(pl.DataFrame(schema=SCHEMA), source, "filter-output", steps=steps, paths=files)
+    return InputData(pl.DataFrame(schema=SCHEMA), source, "parquet", paths=files)
+
+
+def check_records_file(empty: pl.DataFrame, where: str) -> None:
+    missing = [c for c in SCHEMA if c not in empty.columns]
+    if missing:
+        raise ValueError(f"{where}: not a cqia-nb records file, missing column(s) {missing}")
 
 
 def load_input(source: str) -> InputData:
-    """INPUT of a build: "bundled", a COIG-CQIA folder/.jsonl, or a filter output folder
-    (with kept.parquet; its steps.csv is read for the card)."""
+    """INPUT of a build: "bundled", a COIG-CQIA folder/.jsonl, a filter output folder (with
+    kept.parquet; its steps.csv is read for the card) or a folder of parquet shards."""
 
     p = Path(source).expanduser()
-    if source != "bundled" and (p.suffix == ".parquet" or (p.is_dir() and (p / "kept.parquet").is_file())):
-        folder = p.parent if p.suffix == ".parquet" else p
-        frame = read_kept(p)
-        steps_path = folder / "steps.csv"
-        steps = pl.read_csv(steps_path) if steps_path.is_file() else None
-        return InputData(frame, source, "filter-output", steps=steps)
+    data = parquet_input(source)
+    if data is not None:
+        if data.kind == "filter-output":
+            data.frame = read_kept(p)
+        else:
+            src = Source(files=data.paths)
+            check_records_file(src.empty(), source)
+            data.frame = src.read_all()
+        return data
     if source != "bundled" and not p.exists():
         raise FileNotFoundError(f"{source}: no such file or folder; INPUT is 'bundled', a COIG-CQIA folder or .jsonl "
                                 "file, or a `cqia-nb filter` output folder (with kept.parquet)")
@@ -93,6 +121,16 @@ class Build:
                                           "train": pl.Int64, "validation": pl.Int64, "distinct_records": pl.Int64,
                                           "tokens": pl.Int64}, orient="row")
 
+    # what the exports read (``exports.export_all``); a streaming build reads its spill instead
+    def empty_target(self, name: str) -> pl.DataFrame:
+        """A target's columns (no rows), as its exported rows have them."""
+        return self.targets[name].frame.clear()
+
+    def feed_targets(self, writers: dict[str, Any]) -> None:
+        """Each target's rows, in order, to ``writers[name].write`` (``exports.TargetWriter``)."""
+        for name, w in writers.items():
+            w.write(self.targets[name].frame)
+
 
 #: Column order of every target frame (and of the exports that carry all columns).
 TARGET_COLUMNS = ("record_id", "subset", "split", "sample", *[c for c in SCHEMA if c != "record_id"],
@@ -122,27 +160,17 @@ def run_build(spec: BuildSpec, seed: int | None = None, input: str | None = None
     timings["load"] = time.perf_counter() - t0
 
     # contamination
-    report, note, removed = None, "", None
+    report, removed = None, None
     cs = spec.contamination
+    t = time.perf_counter()
+    index, note = eval_index(spec, evals)
+    if index is not None:
+        report = C.check(frame, index)
+        note = report.summary()
+        if cs.remove:  # type: ignore[union-attr]
+            frame, removed = C.remove_contaminated(frame, report, cs.min_overlap, cs.min_ratio)  # type: ignore[union-attr]
+            note += f"; {removed.height:,} records removed"
     if cs is not None and (cs.benchmarks or evals is not None):
-
-        t = time.perf_counter()
-        if evals is None:
-            bpath = spec.resolve_path(cs.benchmarks)  # type: ignore[arg-type]
-            if not bpath.exists():
-                if cs.if_missing == "error":
-                    raise FileNotFoundError(f"contamination: benchmarks not found at {bpath} "
-                                            f"(from `benchmarks: {cs.benchmarks}` in {spec.path})")
-                note = f"skipped: no benchmarks at `{cs.benchmarks}` (resolved to {bpath.name}/ next to the spec)"
-            else:
-                evals = C.load_eval_sets(bpath)
-        if evals is not None:
-            index = evals if isinstance(evals, C.EvalIndex) else C.build_index(evals, cs.n, cs.max_item_frequency)
-            report = C.check(frame, index)
-            note = report.summary()
-            if cs.remove:
-                frame, removed = C.remove_contaminated(frame, report, cs.min_overlap, cs.min_ratio)
-                note += f"; {removed.height:,} records removed"
         timings["contamination"] = time.perf_counter() - t
 
     # formatting
@@ -155,37 +183,66 @@ def run_build(spec: BuildSpec, seed: int | None = None, input: str | None = None
     t = time.perf_counter()
     split = assign_split(base, spec.validation, seed)
     base = base.join(split, on="record_id", how="left", maintain_order="left")
+    timings["split"] = time.perf_counter() - t
+    targets, skipped = make_targets(spec, seed, base.height, lambda s: select(base, s), target_frame, timings)
+    fmt_light = formatting.FormatResult(fmt.frame.clear(), fmt.dropped, fmt.report, fmt.config, fmt.tokenizer)
+    return Build(spec, seed, data, targets, base, skipped, fmt_light, report, note, removed, timings)
+
+
+def make_targets(spec: BuildSpec, seed: int, records: int, pick: Callable[[SubsetSpec], pl.DataFrame],
+                 shape: Callable[[pl.DataFrame], pl.DataFrame], timings: dict[str, float]
+                 ) -> tuple[dict[str, Target], dict[str, str]]:
+    """The subsets and mixtures of ``spec`` from ``pick`` (a subset's records, with ``split``, in input
+    order); ``shape`` gives a target frame its columns. Built-in subsets empty on this input are
+    skipped (returned with the reason), a spec's own empty subset is an error."""
+    import time
+
+    t = time.perf_counter()
     targets: dict[str, Target] = {}
     skipped: dict[str, str] = {}
     made: dict[str, pl.DataFrame] = {}
     for name, s in spec.subset_specs().items():
-        fr = select(base, s)
+        fr = pick(s)
         if fr.height == 0:
             if s.builtin:
-                skipped[name] = f"no records in this input ({base.height:,} records)"
+                skipped[name] = f"no records in this input ({records:,} records)"
                 continue
             raise SpecError(f"{s.entry}: subset {name!r} selects no records from this input "
-                            f"({base.height:,} records); change its criteria or remove the entry")
+                            f"({records:,} records); change its criteria or remove the entry")
         made[name] = fr
-        targets[name] = Target(name, "subset", _target_frame(fr.with_columns(pl.lit(name).alias("subset"),
-                                                                              pl.lit(0, dtype=pl.Int64).alias("sample"))),
-                               s)
+        targets[name] = Target(name, "subset", shape(fr.with_columns(pl.lit(name).alias("subset"),
+                                                                     pl.lit(0, dtype=pl.Int64).alias("sample"))), s)
     # mixture parts may name built-ins the spec does not export
     all_specs = {**builtin_subsets(), **{s.name: s for s in spec.subsets}}
     for m in spec.mixtures:
         for p in m.parts:
             if p.subset not in made:
-                fr = select(base, all_specs[p.subset])
-                made[p.subset] = fr
-    timings["subsets"] = time.perf_counter() - t
+                made[p.subset] = pick(all_specs[p.subset])
+    timings["subsets"] = timings.pop("split", 0.0) + time.perf_counter() - t
     t = time.perf_counter()
     for m in spec.mixtures:
         mix, parts = build_mixture(m, made, seed)
-        targets[m.name] = Target(m.name, "mixture", _target_frame(mix), m, parts)
+        targets[m.name] = Target(m.name, "mixture", shape(mix), m, parts)
     timings["mixtures"] = time.perf_counter() - t
-    fmt_light = formatting.FormatResult(fmt.frame.clear(), fmt.dropped, fmt.report, fmt.config, fmt.tokenizer)
-    return Build(spec, seed, data, targets, base, skipped, fmt_light, report, note, removed, timings)
+    return targets, skipped
 
 
-def _target_frame(fr: pl.DataFrame) -> pl.DataFrame:
+def eval_index(spec: BuildSpec, evals: Any = None) -> tuple[C.EvalIndex | None, str]:
+    """The benchmark index of the spec's ``contamination:`` (None when there is none) and the note
+    for the card when the check is skipped (no benchmarks where the spec says, ``if_missing: skip``)."""
+    cs = spec.contamination
+    if cs is None or not (cs.benchmarks or evals is not None):
+        return None, ""
+    if evals is None:
+        bpath = spec.resolve_path(cs.benchmarks)  # type: ignore[arg-type]
+        if not bpath.exists():
+            if cs.if_missing == "error":
+                raise FileNotFoundError(f"contamination: benchmarks not found at {bpath} "
+                                        f"(from `benchmarks: {cs.benchmarks}` in {spec.path})")
+            return None, f"skipped: no benchmarks at `{cs.benchmarks}` (resolved to {bpath.name}/ next to the spec)"
+        evals = C.load_eval_sets(bpath)
+    return (evals if isinstance(evals, C.EvalIndex) else C.build_index(evals, cs.n, cs.max_item_frequency)), ""
+
+
+def target_frame(fr: pl.DataFrame) -> pl.DataFrame:
     return fr.select([c for c in TARGET_COLUMNS if c in fr.columns])

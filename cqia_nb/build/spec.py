@@ -332,6 +332,10 @@ class BuildSpec:
     contamination: ContaminationSpec | None = None
     exports: tuple[str, ...] = EXPORT_FORMATS
     out_dir: str | None = None             # where `cqia-nb build` writes (not part of the outputs)
+    #: one batch of records in memory at a time (``cqia_nb.build.streaming``); None: when the input is
+    #: large. Not part of the outputs, as out_dir and spill_dir (the streaming build's scratch folder)
+    streaming: bool | None = None
+    spill_dir: str | None = None
     path: str | None = None                # the YAML file, for resolving relative paths
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -342,7 +346,7 @@ class BuildSpec:
         if not isinstance(d, dict):
             raise SpecError(f"{source}: a build spec is a mapping (name, subsets, mixtures, ...), got {type(d).__name__}")
         _check_keys(d, {"name", "description", "input", "seed", "builtin", "subsets", "mixtures", "split",
-                        "format", "contamination", "exports", "out_dir"}, source)
+                        "format", "contamination", "exports", "out_dir", "streaming", "spill_dir"}, source)
         seed = d.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise SpecError(f"{source}: `seed` must be a non-negative integer, got {seed!r}")
@@ -382,9 +386,17 @@ class BuildSpec:
         out_dir = d.get("out_dir")
         if out_dir is not None and (not isinstance(out_dir, str) or not out_dir):
             raise SpecError(f"{source}: `out_dir` must be a folder path, got {out_dir!r}")
+        streaming = d.get("streaming")
+        if streaming is not None and not isinstance(streaming, bool):
+            raise SpecError(f"{source}: `streaming` must be true, false or null (decide by the input's size), "
+                            f"got {streaming!r}")
+        spill_dir = d.get("spill_dir")
+        if spill_dir is not None and (not isinstance(spill_dir, str) or not spill_dir):
+            raise SpecError(f"{source}: `spill_dir` must be a folder path, got {spill_dir!r}")
         spec = cls(name=_check_name(d.get("name", "build"), source), description=str(d.get("description", "")),
                    input=inp, seed=seed, builtin=builtin, subsets=subsets, mixtures=mixtures, validation=float(val),
                    format=fmt, contamination=contamination, exports=exports, out_dir=out_dir,
+                   streaming=streaming, spill_dir=spill_dir,
                    path=source if source != "<dict>" else None, raw=d)
         spec.check_names()
         return spec

@@ -52,6 +52,13 @@ def select(frame: pl.DataFrame, spec: SubsetSpec) -> pl.DataFrame:
         if c not in frame.columns:
             frame = add_derived(frame)
             break
+    return frame.filter(subset_mask(frame, spec))
+
+
+def subset_mask(frame: pl.DataFrame, spec: SubsetSpec) -> pl.Series:
+    """Which rows of ``frame`` (with the derived columns) belong to the subset: a record's own
+    columns decide, so batches' masks concatenated are the whole frame's (``where`` is checked by
+    ``check_elementwise`` before a streaming build relies on that)."""
     cond: pl.Expr = pl.lit(True)
     source: list[pl.Expr] = []
     if spec.configs:
@@ -90,5 +97,25 @@ def select(frame: pl.DataFrame, spec: SubsetSpec) -> pl.DataFrame:
         if mask.dtype != pl.Boolean:
             raise SpecError(f"{spec.entry}: `where: {spec.where}` gives {mask.dtype}, not true/false; "
                             "write a comparison (e.g. output_chars > 100)")
-        return frame.filter(frame.select(cond.alias("_c")).to_series() & mask.fill_null(False))
-    return frame.filter(cond)
+        return frame.select(cond.alias("_c")).to_series() & mask.fill_null(False)
+    return frame.select(cond.alias("_c")).to_series()
+
+
+#: What a `where` expression must not call in a streaming build (it is evaluated a batch at a time):
+#: aggregations, windows and anything else that looks at other rows.
+_NOT_ELEMENTWISE = re.compile(r"\.(mean|max|min|sum|std|var|median|quantile|count|n_unique|first|last|over|rank|"
+                              r"shift|cum_\w+|arg_\w+|head|tail|sort\w*|unique\w*|diff|mode|implode|is_duplicated|"
+                              r"is_first_distinct|is_last_distinct|gather\w*|slice|reverse)\(|(?<!list)\.len\(\)|int_range|"
+                              r"^len\(\)|[\[( ]len\(\)")
+
+
+def check_elementwise(spec: SubsetSpec) -> None:
+    """Refuse a ``where`` that reads other rows than its own (``AVG(output_chars)``, windows):
+    streaming evaluates it one batch at a time, where it would mean something else."""
+    if not spec.where:
+        return
+    e = where_expr(spec.where, spec.entry)
+    if _NOT_ELEMENTWISE.search(str(e)):
+        raise SpecError(f"{spec.entry}: `where: {spec.where}` aggregates over rows (or uses a window); a streaming "
+                        "build evaluates `where` one batch at a time: build without --streaming, or compare with "
+                        "fixed numbers")

@@ -67,18 +67,35 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 4000):
 
 def _corpus(frame: pl.DataFrame, max_chars: int) -> list[str]:
     """Record texts for training: every k-th record, k chosen so about ``max_chars`` remain."""
-    fields = [f for f in TEXT_FIELDS if f in frame.columns]
-    total = int(sum(frame[f].str.len_chars().sum() or 0 for f in fields))
-    stride = max(1, -(-total // max_chars))  # ceil
-    sample = frame.gather_every(stride) if stride > 1 else frame
+    stride = corpus_stride(text_chars(frame), max_chars)
+    return corpus_texts(frame.gather_every(stride) if stride > 1 else frame)
+
+
+def text_chars(frame: pl.DataFrame) -> int:
+    """Characters of the text fields (``TEXT_FIELDS``) of ``frame``: batches' counts add up."""
+    return int(sum(frame[f].str.len_chars().sum() or 0 for f in TEXT_FIELDS if f in frame.columns))
+
+
+def corpus_stride(total_chars: int, max_chars: int) -> int:
+    """Every how many records the tiny tokenizer's training sample takes one (``_corpus``)."""
+    return max(1, -(-total_chars // max_chars))  # ceil
+
+
+def corpus_texts(sample: pl.DataFrame) -> list[str]:
+    """The training texts of the sampled records: field by field, empty ones left out."""
+    fields = [f for f in TEXT_FIELDS if f in sample.columns]
     return [t for f in fields for t in sample[f].to_list() if t]
 
 
 def tiny_tokenizer(frame: pl.DataFrame, config: TokenizerConfig = TokenizerConfig()):
     """The tiny BPE for this frame's text, trained once and cached by the text's hash."""
+    return tiny_tokenizer_for(_corpus(frame, config.max_train_chars), config)
+
+
+def tiny_tokenizer_for(texts: list[str], config: TokenizerConfig = TokenizerConfig()):
+    """The tiny BPE trained on ``texts`` (a sample from ``_corpus``), cached by their hash."""
     from tokenizers import Tokenizer
 
-    texts = _corpus(frame, config.max_train_chars)
     h = hashlib.sha256(f"v1 {config.vocab_size}\n".encode())
     for t in texts:
         h.update(t.encode("utf-8"))

@@ -40,9 +40,7 @@ import the others.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
 import re
 import time
 import types
@@ -55,6 +53,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence, Union
 import numpy as np
 import polars as pl
 
+from cqia_nb.core.memory import release_free_memory
 from cqia_nb.core.overrides import (
     ConfigError,
     apply_overrides,
@@ -765,20 +764,7 @@ class Decided(Filter):
         return self._lookup(frame, "detail")
 
 
-def _libc_malloc_trim() -> Callable[[], object]:
-    """glibc's ``malloc_trim(0)``; a no-op where the C library has none (musl, macOS, Windows)."""
-    try:
-        return functools.partial(ctypes.CDLL(None).malloc_trim, 0)
-    except (OSError, AttributeError, TypeError):
-        return lambda: None
-
-
-_release_free_memory = _libc_malloc_trim()
-"""Called after each batch. A batch's numpy temporaries (tens of MB) come from glibc's heap once
-its mmap threshold has risen, and the results kept between batches (kept rows, measured tables)
-pin that heap, so without a trim the freed batch memory stays resident and RSS grows with the
-number of batches (measured on the rule steps: 1.5 KB per record without, 0.76 KB with, nearly all
-of it the results themselves; about 2 % more CPU)."""
+_release_free_memory = release_free_memory  # the streaming and Ray engines import it from here
 
 
 def segments(built: list[tuple[str, Filter | Transform]]) -> list[list[int]]:

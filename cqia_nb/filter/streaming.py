@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from cqia_nb.core.atomic import staged_files, write_text
 from cqia_nb.core.hashing import content_key
+from cqia_nb.core.parquet import ParquetSink, arrow_table, parquet_files, parquet_slices  # noqa: F401 (re-exported)
 from cqia_nb.filter.framework import (
     AUDIT_COLUMNS,
     DECISION_SCHEMA,
@@ -87,7 +86,7 @@ class Source:
             for o in range(0, self.frame.height, rows):
                 yield self.frame.slice(o, rows)
             return
-        yield from _slices(self._scan(), rows)
+        yield from parquet_slices(self._scan(), rows)
 
     def _scan(self) -> pl.LazyFrame:
         lf = pl.scan_parquet(self.files)
@@ -107,21 +106,6 @@ class Source:
     def nbytes(self) -> int:
         """Bytes on disk of the parquet files (0 for a frame)."""
         return sum(f.stat().st_size for f in self.files)
-
-
-def parquet_files(path: str | Path) -> list[Path] | None:
-    """The parquet files ``path`` stands for: itself, a run's kept.parquet, or a folder's shards
-    (``*.parquet``, name order); None when ``path`` is not parquet (the loader's business)."""
-    p = Path(path)
-    if p.suffix == ".parquet" and p.is_file():
-        return [p]
-    if p.is_dir():
-        if (p / "kept.parquet").is_file():
-            return [p / "kept.parquet"]
-        shards = sorted(x for x in p.glob("*.parquet") if x.is_file())
-        if shards:
-            return shards
-    return None
 
 
 def open_source(path: str | Path, load: Callable[[str], pl.DataFrame] | None = None) -> Source:
@@ -158,39 +142,6 @@ class StreamResult:
 def streamable(flt: Filter | Transform) -> bool:
     """True when a step runs on batches: per-record, or it has the stream protocol."""
     return flt.per_record or (isinstance(flt, Filter) and type(flt).stream_keys is not Filter.stream_keys)
-
-
-def arrow_table(frame: pl.DataFrame) -> pa.Table:
-    """``frame`` as Arrow with large_string / large_list columns, whatever polars' newest layout is
-    (one schema for every parquet row group and every Ray block)."""
-    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
-
-
-class ParquetSink:
-    """Frames appended to one parquet file, row group by row group, under one fixed schema (that of
-    ``empty``, else of the first frame written)."""
-
-    def __init__(self, path: Path, empty: pl.DataFrame | None = None):
-        self.path, self.empty, self.rows = path, empty, 0
-        self.writer: pq.ParquetWriter | None = None
-
-    def write(self, frame: pl.DataFrame) -> None:
-        if frame.height == 0:
-            return
-        if self.empty is None:
-            self.empty = frame.clear()
-        table = arrow_table(frame.select(self.empty.columns).cast(self.empty.schema))  # type: ignore[arg-type]
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, arrow_table(self.empty).schema)
-        self.writer.write_table(table.cast(self.writer.schema))
-        self.rows += frame.height
-
-    def close(self) -> Path:
-        if self.writer is None:
-            (self.empty if self.empty is not None else pl.DataFrame()).write_parquet(self.path)
-        else:
-            self.writer.close()
-        return self.path
 
 
 def _stage_batches(source: Source, columns: list[str], batch_rows: int | None,
@@ -349,13 +300,4 @@ def _run_stage(current: Source, built: list[tuple[str, Filter | Transform]], seg
 
 def _raw_batches(path: Path) -> Iterator[pl.DataFrame]:
     """A parquet file's rows as they are (audit columns included)."""
-    return _slices(pl.scan_parquet(path), READ_ROWS)
-
-
-def _slices(lf: pl.LazyFrame, rows: int) -> Iterator[pl.DataFrame]:
-    """``lf``'s rows in order, ``rows`` at a time. polars reads a slice from the row groups it
-    covers; pyarrow's iter_batches kept ~1.3 KB a record resident over a 172k-record file (its
-    buffer pool), polars ~0.15 KB."""
-    n = lf.select(pl.len()).collect().item()
-    for o in range(0, n, rows):
-        yield lf.slice(o, rows).collect()
+    return parquet_slices(pl.scan_parquet(path), READ_ROWS)
