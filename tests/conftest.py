@@ -294,3 +294,15 @@ def assert_same_build_files(a: Path, b: Path) -> None:
     assert fa == fb, f"different files: only in {a.name}: {sorted(set(fa) - set(fb))}, only in {b.name}: {sorted(set(fb) - set(fa))}"
     differ = [f for f in fa if (a / f).read_bytes() != (b / f).read_bytes()]
     assert not differ, f"{len(differ)} of {len(fa)} files differ: {differ[:10]}"
+
+
+def ref_char_rep(t: str, n: int = 10) -> float:
+    """Data-Juicer's character_repetition_filter, per record, in plain Python (the rule's reference)."""
+    from collections import Counter
+
+    grams = Counter(t[i:i + n] for i in range(len(t) - n + 1))
+    if not grams:
+        return 0.0
+    freq = sorted(grams.values(), reverse=True)
+    k = min(int(len(freq) ** 0.5), sum(1 for f in freq if f > 1))
+    return sum(freq[:k]) / sum(freq)

@@ -22,6 +22,7 @@ from cqia_nb.core.hashing import WINDOW_BASE, window_hash
 from cqia_nb.filter.rules import clean, kernels as K, traditional
 from cqia_nb.filter.rules.chars import SPECIAL_CHAR
 from conftest import assert_frames_identical, float_bits_equal
+from conftest import ref_char_rep
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,16 +53,6 @@ def random_texts(seed: int, n: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- references
-
-def ref_char_rep(t: str, n: int = 10) -> float:
-    """Data-Juicer's character_repetition_filter, per record, in plain Python."""
-    grams = Counter(t[i:i + n] for i in range(len(t) - n + 1))
-    if not grams:
-        return 0.0
-    freq = sorted(grams.values(), reverse=True)
-    k = min(int(len(freq) ** 0.5), sum(1 for f in freq if f > 1))
-    return sum(freq[:k]) / sum(freq)
-
 
 def ref_word_rep(ids: list[int], n: int = 10) -> float:
     """Data-Juicer's word_repetition_filter over a text's token ids, in plain Python."""

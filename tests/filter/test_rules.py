@@ -7,6 +7,7 @@ import pytest
 
 import cqia_nb.filter.rules as rules
 from cqia_nb.filter.framework import Transform, make_filter
+from conftest import ref_char_rep
 
 CLEAN_Q = "请介绍一下这家博物馆的开放时间。"
 CLEAN_A = "博物馆每周二至周日开放，上午九点开门，下午五点停止入场。周一闭馆，节假日另行通知。"
@@ -239,18 +240,6 @@ def test_ngram_keys_separate_documents():
     assert lengths.tolist() == [4, 0, 1]
 
 
-def _ref_char_rep(t: str, n: int = 10) -> float:
-    """Data-Juicer's character_repetition_filter, written out per record."""
-    from collections import Counter
-
-    grams = Counter(t[i:i + n] for i in range(len(t) - n + 1))
-    if not grams:
-        return 0.0
-    freq = sorted(grams.values(), reverse=True)
-    k = min(int(len(freq) ** 0.5), sum(1 for f in freq if f > 1))
-    return sum(freq[:k]) / sum(freq)
-
-
 def _ref_word_rep(t: str, n: int = 10) -> float:
     """Data-Juicer's word_repetition_filter over our tokens (CJK char / letter-digit runs)."""
     import re
@@ -280,5 +269,5 @@ def test_repetition_measures_match_the_per_record_definitions():
     got_c = make_filter("char_repetition").apply(f).value.to_list()
     got_w = make_filter("ngram_repetition").apply(f).value.to_list()
     for t, c, w in zip(texts, got_c, got_w):
-        assert c == pytest.approx(_ref_char_rep(t)), t[:30]
+        assert c == pytest.approx(ref_char_rep(t)), t[:30]
         assert w == pytest.approx(_ref_word_rep(t)), t[:30]

@@ -284,10 +284,18 @@ def ngram_repeats(tokens: np.ndarray, lengths: np.ndarray, n: int
     if len(keys) < 2:
         return empty, empty, total, total.copy()
     keys.sort(kind="stable")  # see _sort_doc_major
+    return _repeat_runs(keys, shift, total)
+
+
+def _repeat_runs(keys: np.ndarray, shift: np.uint64, total: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """From sorted (document << shift | n-gram) keys: each repeated key's document and count, and
+    per document its n-gram total and distinct count (``ngram_repeats``' result)."""
+    empty = np.zeros(0, dtype=np.int64)
     idx = np.flatnonzero(keys[1:] == keys[:-1])      # i where key i repeats at i + 1
     if len(idx) == 0:
         return empty, empty, total, total.copy()
-    distinct = total - np.bincount((keys[idx] >> shift).astype(np.int64), minlength=len(lengths))
+    distinct = total - np.bincount((keys[idx] >> shift).astype(np.int64), minlength=len(total))
     brk = np.flatnonzero(np.diff(idx) != 1)
     first = idx[np.concatenate(([0], brk + 1))]
     last = idx[np.concatenate((brk, [len(idx) - 1]))]
@@ -305,14 +313,7 @@ def ngram_repeats_sorted(tokens: np.ndarray, lengths: np.ndarray, n: int
     if len(keys) < 2:
         return empty, empty, total, total.copy()
     shift = np.uint64(64 - doc_bits)
-    idx = np.flatnonzero(keys[1:] == keys[:-1])
-    if len(idx) == 0:
-        return empty, empty, total, total.copy()
-    distinct = total - np.bincount((keys[idx] >> shift).astype(np.int64), minlength=len(lengths))
-    brk = np.flatnonzero(np.diff(idx) != 1)
-    first = idx[np.concatenate(([0], brk + 1))]
-    last = idx[np.concatenate((brk, [len(idx) - 1]))]
-    return (keys[first] >> shift).astype(np.int64), last - first + 2, total, distinct
+    return _repeat_runs(keys, shift, total)
 
 
 @lru_cache(maxsize=1)
