@@ -7,9 +7,10 @@ the Ray cluster's workers. ``write_outputs`` then writes the same files as the l
 
 How the recipe runs (the stages are ``framework.segments``, as in the other engines):
 
-- The records are one Ray Dataset of Arrow blocks (polars in the workers). Once a stage has run,
-  each row also carries the audit columns (step, step_name, filter, value, detail): null while the
-  record is still in the running, set by the step that dropped it. Dropped rows travel along with
+- The records are one Ray Dataset of Arrow blocks (polars in the workers), parquet read in blocks
+  of about a quarter of the input per CPU (``_block_bytes``), so that every worker has work. Once a
+  stage has run, each row also carries the audit columns (step, step_name, filter, value, detail):
+  null while the record is still in the running, set by the step that dropped it. Dropped rows travel along with
   the others to the end, untouched, so one dataset holds the whole audit trail.
 - A run of per-record steps (every rule filter, ``to_simplified``) is one ``map_batches``: each
   block's live rows go through ``run_batch`` (in ``batch_slices``, bounded memory), which is
@@ -30,8 +31,10 @@ How the recipe runs (the stages are ``framework.segments``, as in the other engi
     partition giving its buckets' candidate pairs (``dedup.bucket_pairs``); the driver gets the pairs and the keys without their
     bands, and ``reread`` streams the candidates' texts back from the object store for the
     verification, answer check, components and survivors (``NearDedup.stream_decide``);
-  * ``short_answer``, ``placeholder_answer`` on the driver, from the keys of all records collected
-    in input order (~20 bytes a record: the group statistics need every record);
+  * ``short_answer``, ``placeholder_answer``, ``repeated_tail`` on the driver, from the keys of all
+    records collected in input order (~20 bytes a record: the group statistics need every record).
+    The stage before such a rule computes its keys on the records it keeps and packs them in each
+    output block (``_keys``), read back with the counts: a pass over the records less per rule;
 
   and the small table of the records it drops is shipped with a ``map_batches`` that applies it
   (``framework.Decided``, looked up by record_id).
@@ -51,6 +54,7 @@ a local instance (no ``address``) uses the driver's.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -94,10 +98,15 @@ from cqia_nb.filter.streaming import ParquetSink, Source, arrow_table, finish_ou
 MAX_TASK_RETRIES = 3
 #: Column of the per-block step counts (JSON, first row of each block); removed from the outputs.
 STATS = "_stats"
+#: Column of the next grouped answer rule's stream keys, computed by the stage before it (Arrow IPC
+#: of the block's keys, first row of each block): saves that rule a pass over the records.
+KEYS = "_keys"
 #: Seconds to wait for the head node's GCS port to accept a connection.
 CONNECT_TIMEOUT_S = 5.0
+#: Bounds of the block size a parquet input is read in (``_block_bytes``); the upper is Ray's default.
+BLOCK_BYTES_MIN, BLOCK_BYTES_MAX = 8 << 20, 128 << 20
 INSTALL_HINT = "pip install 'cqia-notebooks[ray]' (or `make setup`)"
-_INTERNAL = (*AUDIT_COLUMNS, STATS)
+_INTERNAL = (*AUDIT_COLUMNS, STATS, KEYS)
 
 Step = tuple[int, str, "Filter | Transform"]
 
@@ -196,27 +205,42 @@ def _split(table: pa.Table) -> tuple[pl.DataFrame, pl.DataFrame | None]:
         return frame.drop([c for c in _INTERNAL if c in frame.columns]), None
     live = frame["step"].is_null()
     return frame.filter(live).drop([c for c in _INTERNAL if c in frame.columns]), \
-        frame.filter(~live).drop([c for c in (STATS,) if c in frame.columns])
+        frame.filter(~live).drop([c for c in (STATS, KEYS) if c in frame.columns])
 
 
 def _block(kept: pl.DataFrame, gone: Sequence[pl.DataFrame], dead: pl.DataFrame | None,
-           stats: str | None) -> pl.DataFrame:
+           stats: str | None, keys: bytes | None = None) -> pl.DataFrame:
     """One output block: kept rows (audit columns null), rows dropped now, rows dropped before,
-    each group in its input order; ``stats`` on the first row."""
+    each group in its input order; ``stats`` and ``keys`` on the first row."""
     cols = [*kept.columns, *AUDIT_COLUMNS]
     parts = [with_audit_columns(kept), *gone]
     if dead is not None:
         parts.append(dead)
     out = pl.concat([p.select(cols) for p in parts], how="vertical_relaxed")
-    cell = [stats] + [None] * (out.height - 1) if out.height else []
-    return out.with_columns(pl.Series(STATS, cell, dtype=pl.String))
+    pad = [None] * (out.height - 1) if out.height else []
+    first = (lambda v: [v] + pad) if out.height else (lambda v: [])
+    return out.with_columns(pl.Series(STATS, first(stats), dtype=pl.String),
+                            pl.Series(KEYS, first(keys), dtype=pl.Binary))
+
+
+def _pack(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_ipc(buf, compression="uncompressed")
+    return buf.getvalue()
+
+
+def _unpack(cell: bytes) -> pl.DataFrame:
+    return pl.read_ipc(io.BytesIO(cell))
 
 
 class _Stage:
-    """``map_batches`` function: consecutive per-record steps on one block's live records."""
+    """``map_batches`` function: consecutive per-record steps on one block's live records; with
+    ``then`` (the next step, a grouped rule decided on the driver), its stream keys of the records
+    the steps kept, packed in the block's ``_keys`` cell."""
 
-    def __init__(self, steps: Sequence[Step], batch_rows: int | None, batch_bytes: int | None):
-        self.steps, self.batch_rows, self.batch_bytes = list(steps), batch_rows, batch_bytes
+    def __init__(self, steps: Sequence[Step], batch_rows: int | None, batch_bytes: int | None,
+                 then: Filter | None = None):
+        self.steps, self.batch_rows, self.batch_bytes, self.then = list(steps), batch_rows, batch_bytes, then
         self.columns = [c for _, _, flt in self.steps for c in flt.required_columns()]
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -228,7 +252,8 @@ class _Stage:
             _release_free_memory()
         kept = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
         stats = json.dumps([[a.n_in, a.kept, a.changed, a.seconds] for a in outs])
-        return arrow_table(_block(kept, [g for a in outs for g in a.gone], dead, stats))
+        keys = _pack(_Keys(self.then, self.batch_rows, self.batch_bytes).keys(kept)) if self.then else None
+        return arrow_table(_block(kept, [g for a in outs for g in a.gone], dead, stats, keys))
 
 
 class _Keys:
@@ -239,14 +264,18 @@ class _Keys:
         self.flt, self.batch_rows, self.batch_bytes, self.hashed_only = flt, batch_rows, batch_bytes, hashed_only
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        live, _ = _split(table)
+        keys = self.keys(_split(table)[0])
+        return arrow_table(keys.filter(pl.col("_h").is_not_null()) if self.hashed_only else keys)
+
+    def keys(self, live: pl.DataFrame) -> pl.DataFrame:
+        """The step's stream keys of ``live`` (records still in the running), in order."""
         bounds = batch_slices(live, self.flt.required_columns(), self.batch_rows, self.batch_bytes)
         parts = [self.flt.stream_keys(live.slice(o, n)) for o, n in bounds]
         if any(p is None for p in parts):
             raise RuntimeError(f"filter {self.flt.name!r}: stream_keys gave nothing")
         keys = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
         assert keys is not None
-        return arrow_table(keys.filter(pl.col("_h").is_not_null()) if self.hashed_only else keys)
+        return keys
 
 
 def _partitions(rows: int, cpus: float) -> int:
@@ -334,33 +363,54 @@ def _map(ds: Any, fn: Any) -> Any:
 
 def _input_dataset(ray: Any, source: Source, cpus: int) -> Any:
     """The records as a Dataset: a frame in blocks (at least two per CPU, at most BATCH_ROWS rows,
-    so that every node has work), parquet files read by Ray (audit columns of a previous run's
-    dropped.parquet left out, as the other engines do)."""
+    so that every node has work), parquet files read by Ray in blocks of ``_block_bytes`` (audit
+    columns of a previous run's dropped.parquet left out, as the other engines do)."""
     if source.frame is not None:
         frame = source.frame
         rows = max(1, min(BATCH_ROWS, -(-frame.height // (2 * cpus))))
         return ray.data.from_arrow([arrow_table(frame.slice(o, rows)) for o in range(0, max(frame.height, 1), rows)])
+    from ray.data import DataContext
+
+    # set before the read: a dataset copies the context when it is made, and its stages inherit it
+    DataContext.get_current().target_max_block_size = _block_bytes(source.nbytes, cpus)
     ds = ray.data.read_parquet([str(f) for f in source.files], partitioning=None)
     drop = [c for c in _INTERNAL if c in ds.schema().names]
     return ds.drop_columns(drop) if drop else ds
 
 
-def _harvest(ds: Any, seg: Sequence[int], outs: list[StepOutput]) -> None:
-    """Add the per-block counts of a stage (``_stats``) to its steps' StepOutputs."""
-    for f in _frames(ds.select_columns([STATS])):
+def _block_bytes(parquet_bytes: int, cpus: int) -> int:
+    """Ray Data's block size for a run over ``parquet_bytes`` of parquet: Ray's default (128 MiB)
+    packs the row groups of a 100k-record input (~180 MB in Arrow) into 3 blocks of 78,572, 14,285
+    and 7,143 rows, so one of 2 workers did 80 % of every stage; aiming at 4 blocks per CPU (Arrow
+    taken as twice the parquet bytes), between 8 MiB and Ray's default, balances them."""
+    return int(min(BLOCK_BYTES_MAX, max(BLOCK_BYTES_MIN, 2 * parquet_bytes // (4 * max(cpus, 1)))))
+
+
+def _harvest(ds: Any, seg: Sequence[int], outs: list[StepOutput], keys: bool = False) -> pl.DataFrame | None:
+    """Add the per-block counts of a stage (``_stats``) to its steps' StepOutputs; with ``keys``,
+    return the next step's keys that the stage computed (``_keys``), in input order."""
+    parts = []
+    for f in _frames(ds.select_columns([STATS, KEYS] if keys else [STATS])):
         for cell in f[STATS].drop_nulls().to_list():
             for k, (n_in, kept, changed, seconds) in zip(seg, json.loads(cell)):
                 outs[k].n_in += n_in
                 outs[k].kept += kept
                 outs[k].changed += changed
                 outs[k].seconds += seconds
+        if keys:
+            parts.extend(_unpack(cell) for cell in f[KEYS].drop_nulls().to_list())
+    if not keys:
+        return None
+    return pl.concat(parts, how="vertical") if parts else pl.DataFrame()
 
 
-def _decide(ds: Any, flt: Filter, batch_rows: int | None, batch_bytes: int | None, cpus: float) -> pl.DataFrame:
+def _decide(ds: Any, flt: Filter, batch_rows: int | None, batch_bytes: int | None, cpus: float,
+            keys: pl.DataFrame | None = None) -> pl.DataFrame:
     """The records a step that needs every record drops (record_id, value, detail), by the stream
     protocol: exact dedup shuffled by text digest on the cluster; near dedup's LSH buckets grouped
     on the cluster (band hashes -> group by (band, hash) -> candidate pairs), its verification and
-    components on the driver; the grouped answer rules on the driver."""
+    components on the driver; the grouped answer rules on the driver, from ``keys`` where the stage
+    before computed them (``_on_cluster_keys``)."""
     if isinstance(flt, ExactDedup):
         keys = _map(ds, _Keys(flt, batch_rows, batch_bytes, hashed_only=True)).materialize()
         parts = _partitions(keys.count(), cpus)
@@ -381,7 +431,7 @@ def _decide(ds: Any, flt: Filter, batch_rows: int | None, batch_bytes: int | Non
         if keys_df.height == 0:
             return pl.DataFrame(schema=DECISION_SCHEMA)
         return decisions(flt, keys_df, lambda: _frames(text), candidates=candidates)
-    keys_df = _collect(_map(ds, _Keys(flt, batch_rows, batch_bytes)))
+    keys_df = keys if keys is not None else _collect(_map(ds, _Keys(flt, batch_rows, batch_bytes)))
     if keys_df.height == 0:
         return pl.DataFrame(schema=DECISION_SCHEMA)
     return decisions(flt, keys_df, lambda: _frames(text))
@@ -416,7 +466,7 @@ def _run_settings() -> Iterator[None]:
 
     ctx = DataContext.get_current()  # copied into each dataset when it is made: set before
     saved = (ctx.execution_options.preserve_order, ctx.shuffle_strategy, ctx.enable_progress_bars,
-             ctx.print_on_execution_start)
+             ctx.print_on_execution_start, ctx.target_max_block_size)
     loggers = {"ray.data": logging.WARNING, "ray.data._internal.progress": logging.ERROR}
     levels = {name: logging.getLogger(name).level for name in loggers}
     ctx.execution_options.preserve_order = True
@@ -428,7 +478,7 @@ def _run_settings() -> Iterator[None]:
         yield
     finally:
         (ctx.execution_options.preserve_order, ctx.shuffle_strategy, ctx.enable_progress_bars,
-         ctx.print_on_execution_start) = saved
+         ctx.print_on_execution_start, ctx.target_max_block_size) = saved
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
 
@@ -438,23 +488,36 @@ def _run_stages(ray: Any, ds: Any, built: list[tuple[str, Filter | Transform]], 
     """Every stage of the recipe over ``ds``: the last stage's rows (materialised) and the steps that
     ran on the driver; each stage's wall seconds go to ``timings``."""
     in_driver: list[str] = []
-    for seg in segments(built):
+    segs = segments(built)
+    keys: pl.DataFrame | None = None  # the current step's keys, where the stage before computed them
+    for i, seg in enumerate(segs):
         t0 = time.perf_counter()
         steps: list[Step] = [(k + 1, *built[k]) for k in seg]
         flt = built[seg[0]][1]
         if not streamable(flt):
             in_driver.append(steps[0][1])
             ds = _on_driver(ray, ds, steps, [outs[k] for k in seg]).materialize()
+            keys = None
         else:
             if not flt.per_record:
                 assert isinstance(flt, Filter)
-                dropped = _decide(ds, flt, batch_rows, batch_bytes, ray.cluster_resources().get("CPU", 1))
+                dropped = _decide(ds, flt, batch_rows, batch_bytes, ray.cluster_resources().get("CPU", 1), keys)
                 outs[seg[0]].seconds += time.perf_counter() - t0
                 steps = [(seg[0] + 1, steps[0][1], Decided(flt, dropped))]
-            ds = _map(ds, _Stage(steps, batch_rows, batch_bytes)).materialize()
-            _harvest(ds, seg, outs)
+            then = _keys_on_cluster(built[segs[i + 1][0]][1]) if i + 1 < len(segs) else None
+            ds = _map(ds, _Stage(steps, batch_rows, batch_bytes, then)).materialize()
+            keys = _harvest(ds, seg, outs, keys=then is not None)
         timings[steps[0][1]] = time.perf_counter() - t0
     return ds, in_driver
+
+
+def _keys_on_cluster(step: Filter | Transform) -> Filter | None:
+    """``step`` where the stage before it computes its keys: a grouped rule decided on the driver
+    from small keys (the dedup steps shuffle theirs on the cluster and read them there)."""
+    if isinstance(step, Filter) and not step.per_record and streamable(step) \
+            and not isinstance(step, (ExactDedup, NearDedup)):
+        return step
+    return None
 
 
 def run_ray(source: Source | pl.DataFrame, config: PipelineConfig, *, address: str | None = None,

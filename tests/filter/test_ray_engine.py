@@ -101,6 +101,44 @@ def test_step_without_stream_protocol_runs_on_driver(ray_cluster, test_filters):
     assert_same_result(F.run_pipeline(frame, recipe), res.result)
 
 
+def test_answer_rules_use_keys_from_the_stage_before(ray_cluster, monkeypatch):
+    """The grouped answer rules decide from keys the stage before them computed (no pass of their
+    own) and drop what the local run drops, on noisy records of their kinds."""
+    from cqia_nb.filter import ray_engine
+    from cqia_nb.filter.noise import NoiseConfig, inject_noise
+
+    kinds = ("short_answer", "placeholder", "repeated_tail")
+    frame = inject_noise(load_frame("bundled"), NoiseConfig(kinds=kinds, counts={k: 8 for k in kinds}, seed=3,
+                                                            shuffle=True)).drop("noise_kind", "noise_of", "noise_detail")
+    # placeholder_answer before short_answer, so that each drops its own kind; repeated_tail is per record
+    recipe = PipelineConfig.from_dict({"name": "answers", "steps": [
+        {"filter": f} for f in ("url", "placeholder_answer", "short_answer", "repeated_tail", "exact_dedup")]})
+    given: dict[str, bool] = {}
+    decide = ray_engine._decide
+
+    def spy(ds, flt, *args, **kwargs):
+        given[flt.name] = (args[3] if len(args) > 3 else kwargs.get("keys")) is not None
+        return decide(ds, flt, *args, **kwargs)
+
+    monkeypatch.setattr(ray_engine, "_decide", spy)
+    res = run_ray(frame, recipe, address=ray_cluster.address)
+    assert given == {"placeholder_answer": True, "short_answer": True, "exact_dedup": False}
+    local = F.run_pipeline(frame, recipe)
+    assert_same_result(local, res.result)
+    dropped = dict(local.dropped["filter"].value_counts().rows())
+    assert dropped.get("placeholder_answer", 0) >= 8 and dropped.get("short_answer", 0) >= 8
+
+
+def test_block_bytes_balance_the_workers():
+    """Parquet is read in ~4 blocks a CPU, within Ray's default block size and 8 MiB."""
+    from cqia_nb.filter.ray_engine import BLOCK_BYTES_MAX, BLOCK_BYTES_MIN, _block_bytes
+
+    assert _block_bytes(92_000_000, 2) == 2 * 92_000_000 // 8  # the 100k-record scale input: ~23 MB blocks
+    assert _block_bytes(1_000, 2) == BLOCK_BYTES_MIN
+    assert _block_bytes(10**12, 64) == BLOCK_BYTES_MAX
+    assert _block_bytes(92_000_000, 0) == _block_bytes(92_000_000, 1)
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_real_data_ray_equals_local(ray_cluster, real_data, tmp_path):
