@@ -200,7 +200,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"note: streaming (the input's parquet files exceed {STREAM_ABOVE_BYTES / 2**30:g} GiB; "
               "--no-streaming to hold them in memory)", file=sys.stderr)
     if streaming:
-        build = subsets.run_build_streaming(spec, spill_dir=spec.spill_dir or out.parent)
+        build = subsets.run_build_streaming(spec, spill_dir=spec.spill_dir or out.parent,
+                                            **({"batch_rows": spec.batch_rows} if spec.batch_rows else {}))
     else:
         build = subsets.run_build(spec)
     if build.contamination is None and build.contamination_note:
@@ -360,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--streaming", dest="streaming", action="store_const", const=True, default=None,
                    help="one batch of records in memory at a time, the formatted records spilled to disk beside "
                         "OUT_DIR (same output files); default: when the input's parquet files exceed 2 GiB "
-                        "(--set streaming=true/false, spill_dir=DIR)")
+                        "(--set streaming=true/false, spill_dir=DIR, batch_rows=N)")
     p.add_argument("--no-streaming", dest="streaming", action="store_const", const=False,
                    help="hold every record in memory, whatever the input's size")
     p.add_argument("out_dir", metavar="OUT_DIR", nargs="?", help="older form of --set out_dir=OUT_DIR")

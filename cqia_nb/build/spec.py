@@ -333,9 +333,11 @@ class BuildSpec:
     exports: tuple[str, ...] = EXPORT_FORMATS
     out_dir: str | None = None             # where `cqia-nb build` writes (not part of the outputs)
     #: one batch of records in memory at a time (``cqia_nb.build.streaming``); None: when the input is
-    #: large. Not part of the outputs, as out_dir and spill_dir (the streaming build's scratch folder)
+    #: large. Not part of the outputs, as out_dir, spill_dir (the streaming build's scratch folder)
+    #: and batch_rows (its records in memory at a time; None: ``streaming.READ_ROWS``)
     streaming: bool | None = None
     spill_dir: str | None = None
+    batch_rows: int | None = None
     path: str | None = None                # the YAML file, for resolving relative paths
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -346,7 +348,8 @@ class BuildSpec:
         if not isinstance(d, dict):
             raise SpecError(f"{source}: a build spec is a mapping (name, subsets, mixtures, ...), got {type(d).__name__}")
         _check_keys(d, {"name", "description", "input", "seed", "builtin", "subsets", "mixtures", "split",
-                        "format", "contamination", "exports", "out_dir", "streaming", "spill_dir"}, source)
+                        "format", "contamination", "exports", "out_dir", "streaming", "spill_dir",
+                        "batch_rows"}, source)
         seed = d.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
             raise SpecError(f"{source}: `seed` must be a non-negative integer, got {seed!r}")
@@ -393,10 +396,15 @@ class BuildSpec:
         spill_dir = d.get("spill_dir")
         if spill_dir is not None and (not isinstance(spill_dir, str) or not spill_dir):
             raise SpecError(f"{source}: `spill_dir` must be a folder path, got {spill_dir!r}")
+        batch_rows = d.get("batch_rows")
+        if batch_rows is not None and (isinstance(batch_rows, bool) or not isinstance(batch_rows, int)
+                                       or batch_rows < 1):
+            raise SpecError(f"{source}: `batch_rows` must be a positive integer (records a streaming build holds "
+                            f"at a time), got {batch_rows!r}")
         spec = cls(name=_check_name(d.get("name", "build"), source), description=str(d.get("description", "")),
                    input=inp, seed=seed, builtin=builtin, subsets=subsets, mixtures=mixtures, validation=float(val),
                    format=fmt, contamination=contamination, exports=exports, out_dir=out_dir,
-                   streaming=streaming, spill_dir=spill_dir,
+                   streaming=streaming, spill_dir=spill_dir, batch_rows=batch_rows,
                    path=source if source != "<dict>" else None, raw=d)
         spec.check_names()
         return spec

@@ -37,7 +37,8 @@ How the recipe runs (the stages are ``framework.segments``, as in the other engi
     output block (``_keys``), read back with the counts: a pass over the records less per rule;
 
   and the small table of the records it drops is shipped with a ``map_batches`` that applies it
-  (``framework.Decided``, looked up by record_id).
+  (``framework.Decided``, looked up by record_id), together with the per-record steps after it
+  (``_stages``: one pass for both).
 - A step without the protocol (model scores, the judge) runs on the driver, on the records that
   reach it (``RayResult.in_driver_steps``).
 - Order: ``preserve_order`` is set for the run, and every block keeps its rows' order, so the kept
@@ -488,7 +489,7 @@ def _run_stages(ray: Any, ds: Any, built: list[tuple[str, Filter | Transform]], 
     """Every stage of the recipe over ``ds``: the last stage's rows (materialised) and the steps that
     ran on the driver; each stage's wall seconds go to ``timings``."""
     in_driver: list[str] = []
-    segs = segments(built)
+    segs = _stages(built)
     keys: pl.DataFrame | None = None  # the current step's keys, where the stage before computed them
     for i, seg in enumerate(segs):
         t0 = time.perf_counter()
@@ -503,12 +504,26 @@ def _run_stages(ray: Any, ds: Any, built: list[tuple[str, Filter | Transform]], 
                 assert isinstance(flt, Filter)
                 dropped = _decide(ds, flt, batch_rows, batch_bytes, ray.cluster_resources().get("CPU", 1), keys)
                 outs[seg[0]].seconds += time.perf_counter() - t0
-                steps = [(seg[0] + 1, steps[0][1], Decided(flt, dropped))]
+                steps = [(seg[0] + 1, steps[0][1], Decided(flt, dropped)), *steps[1:]]
             then = _keys_on_cluster(built[segs[i + 1][0]][1]) if i + 1 < len(segs) else None
             ds = _map(ds, _Stage(steps, batch_rows, batch_bytes, then)).materialize()
             keys = _harvest(ds, seg, outs, keys=then is not None)
         timings[steps[0][1]] = time.perf_counter() - t0
     return ds, in_driver
+
+
+def _stages(built: list[tuple[str, Filter | Transform]]) -> list[list[int]]:
+    """The recipe's stages on Ray: ``framework.segments``, except that a step that needs every
+    record takes the per-record steps after it into its applying pass (once decided it is a
+    per-record step, ``Decided``): a pass over the records less each time."""
+    out: list[list[int]] = []
+    for seg in segments(built):
+        head = built[out[-1][0]][1] if out else None
+        if head is not None and not head.per_record and streamable(head) and built[seg[0]][1].per_record:
+            out[-1].extend(seg)
+        else:
+            out.append(list(seg))
+    return out
 
 
 def _keys_on_cluster(step: Filter | Transform) -> Filter | None:

@@ -153,8 +153,10 @@ def test_cli_streaming_flag_and_setting_give_the_same_files(tmp_path, capsys, mo
     monkeypatch.setattr(cli.subsets, "run_build_streaming", lambda *a, **k: calls.append(k) or real(*a, **k))
     assert main(["build", "--config", str(spec), "--set", f"out_dir={tmp_path / 'mem'}"]) == 0
     assert main(["build", "--config", str(spec), "--streaming", "--set", f"out_dir={tmp_path / 'str'}"]) == 0
-    assert main(["build", "--config", str(spec), "--set", "streaming=true", "--set", f"out_dir={tmp_path / 'str2'}"]) == 0
+    assert main(["build", "--config", str(spec), "--set", "streaming=true", "--set", "batch_rows=50",
+                 "--set", f"out_dir={tmp_path / 'str2'}"]) == 0
     assert len(calls) == 2 and calls[0]["spill_dir"] == tmp_path
+    assert "batch_rows" not in calls[0] and calls[1]["batch_rows"] == 50
     out = capsys.readouterr().out.splitlines()
     n = len([p for p in (tmp_path / "mem").rglob("*") if p.is_file()])
     assert len(out) == 3 * n and out[:n] == [l.replace("/str/", "/mem/") for l in out[n:2 * n]]
@@ -163,6 +165,8 @@ def test_cli_streaming_flag_and_setting_give_the_same_files(tmp_path, capsys, mo
     assert not list(tmp_path.glob(".cqia-build-spill-*"))
     assert main(["build", "--config", str(spec), "--set", "streaming=maybe", "--set", f"out_dir={tmp_path / 'x'}"]) == 2
     assert "`streaming` must be true, false or null" in capsys.readouterr().err
+    assert main(["build", "--config", str(spec), "--set", "batch_rows=0", "--set", f"out_dir={tmp_path / 'x'}"]) == 2
+    assert "`batch_rows` must be a positive integer" in capsys.readouterr().err
 
 
 def test_cli_streams_by_itself_above_the_threshold(tmp_path, capsys, monkeypatch):

@@ -129,6 +129,22 @@ def test_answer_rules_use_keys_from_the_stage_before(ray_cluster, monkeypatch):
     assert dropped.get("placeholder_answer", 0) >= 8 and dropped.get("short_answer", 0) >= 8
 
 
+def test_a_decided_step_takes_the_per_record_steps_after_it():
+    """On Ray a step that needs every record is applied in one pass with the per-record steps that
+    follow it (the other engines' stages, ``segments``, keep them apart)."""
+    from cqia_nb.filter.framework import segments
+    from cqia_nb.filter.ray_engine import _stages
+
+    built = PipelineConfig.from_yaml(DEFAULT_RECIPE).build()
+    names = [[built[k][0] for k in st] for st in _stages(built)]
+    assert names[1:] == [["short_answer"], ["placeholder_answer", "repeated_tail"], ["exact_dedup"], ["near_dedup"]]
+    assert sum(names, []) == [n for n, _ in built] and len(segments(built)) == len(names) + 1
+    mixed = PipelineConfig.from_dict({"name": "m", "steps": [
+        {"filter": "exact_dedup"}, {"filter": "url"}, {"filter": "email"}, {"filter": "short_answer"},
+        {"filter": "near_dedup"}, {"filter": "html"}]}).build()
+    assert _stages(mixed) == [[0, 1, 2], [3], [4, 5]]
+
+
 def test_block_bytes_balance_the_workers():
     """Parquet is read in ~4 blocks a CPU, within Ray's default block size and 8 MiB."""
     from cqia_nb.filter.ray_engine import BLOCK_BYTES_MAX, BLOCK_BYTES_MIN, _block_bytes
