@@ -5,13 +5,14 @@ records in the same order, the same dropped records with the same reasons in the
 same steps table; only ``seconds`` differ and ``measured`` is left empty), with the work spread over
 the Ray cluster's workers. ``write_outputs`` then writes the same files as the local run.
 
-How the recipe runs (the stages are ``framework.segments``, as in the other engines):
+How the recipe runs (the stages are ``framework.segments``, as in the other engines, except that a
+decided step takes the per-record steps after it into its pass: ``_stages``):
 
 - The records are one Ray Dataset of Arrow blocks (polars in the workers), parquet read in blocks
   of about a quarter of the input per CPU (``_block_bytes``), so that every worker has work. Once a
   stage has run, each row also carries the audit columns (step, step_name, filter, value, detail):
-  null while the record is still in the running, set by the step that dropped it. Dropped rows travel along with
-  the others to the end, untouched, so one dataset holds the whole audit trail.
+  null while the record is still in the running, set by the step that dropped it. Dropped rows
+  travel along with the others to the end, untouched, so one dataset holds the whole audit trail.
 - A run of per-record steps (every rule filter, ``to_simplified``) is one ``map_batches``: each
   block's live rows go through ``run_batch`` (in ``batch_slices``, bounded memory), which is
   designed for this: a record's fate depends on that record alone, so any partition of the records
@@ -31,8 +32,8 @@ How the recipe runs (the stages are ``framework.segments``, as in the other engi
     partition giving its buckets' candidate pairs (``dedup.bucket_pairs``); the driver gets the pairs and the keys without their
     bands, and ``reread`` streams the candidates' texts back from the object store for the
     verification, answer check, components and survivors (``NearDedup.stream_decide``);
-  * ``short_answer``, ``placeholder_answer``, ``repeated_tail`` on the driver, from the keys of all
-    records collected in input order (~20 bytes a record: the group statistics need every record).
+  * ``short_answer``, ``placeholder_answer`` on the driver, from the keys of all records collected
+    in input order (~20 bytes a record: the group statistics need every record).
     The stage before such a rule computes its keys on the records it keeps and packs them in each
     output block (``_keys``), read back with the counts: a pass over the records less per rule;
 
@@ -218,10 +219,11 @@ def _block(kept: pl.DataFrame, gone: Sequence[pl.DataFrame], dead: pl.DataFrame 
     if dead is not None:
         parts.append(dead)
     out = pl.concat([p.select(cols) for p in parts], how="vertical_relaxed")
-    pad = [None] * (out.height - 1) if out.height else []
-    first = (lambda v: [v] + pad) if out.height else (lambda v: [])
-    return out.with_columns(pl.Series(STATS, first(stats), dtype=pl.String),
-                            pl.Series(KEYS, first(keys), dtype=pl.Binary))
+    def first_row(value: Any) -> list[Any]:
+        return [value] + [None] * (out.height - 1) if out.height else []
+
+    return out.with_columns(pl.Series(STATS, first_row(stats), dtype=pl.String),
+                            pl.Series(KEYS, first_row(keys), dtype=pl.Binary))
 
 
 def _pack(frame: pl.DataFrame) -> bytes:
@@ -241,7 +243,8 @@ class _Stage:
 
     def __init__(self, steps: Sequence[Step], batch_rows: int | None, batch_bytes: int | None,
                  then: Filter | None = None):
-        self.steps, self.batch_rows, self.batch_bytes, self.then = list(steps), batch_rows, batch_bytes, then
+        self.steps, self.batch_rows, self.batch_bytes = list(steps), batch_rows, batch_bytes
+        self.then = _Keys(then, batch_rows, batch_bytes) if then is not None else None
         self.columns = [c for _, _, flt in self.steps for c in flt.required_columns()]
 
     def __call__(self, table: pa.Table) -> pa.Table:
@@ -253,7 +256,7 @@ class _Stage:
             _release_free_memory()
         kept = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
         stats = json.dumps([[a.n_in, a.kept, a.changed, a.seconds] for a in outs])
-        keys = _pack(_Keys(self.then, self.batch_rows, self.batch_bytes).keys(kept)) if self.then else None
+        keys = _pack(self.then.keys(kept)) if self.then is not None else None
         return arrow_table(_block(kept, [g for a in outs for g in a.gone], dead, stats, keys))
 
 
@@ -411,7 +414,7 @@ def _decide(ds: Any, flt: Filter, batch_rows: int | None, batch_bytes: int | Non
     protocol: exact dedup shuffled by text digest on the cluster; near dedup's LSH buckets grouped
     on the cluster (band hashes -> group by (band, hash) -> candidate pairs), its verification and
     components on the driver; the grouped answer rules on the driver, from ``keys`` where the stage
-    before computed them (``_on_cluster_keys``)."""
+    before computed them (``_keys_on_cluster``)."""
     if isinstance(flt, ExactDedup):
         keys = _map(ds, _Keys(flt, batch_rows, batch_bytes, hashed_only=True)).materialize()
         parts = _partitions(keys.count(), cpus)
